@@ -1,0 +1,1 @@
+"""Prefect flows: thin wrappers that pass paths and store URLs, never arrays."""

@@ -1,0 +1,1 @@
+"""The ``nerfmae`` console script."""

@@ -1,0 +1,1 @@
+"""One module per ``nerfmae`` subcommand; each defines ``register(subparsers)``."""
