@@ -1,0 +1,153 @@
+"""Forward+backward time of a NeRF-MAE preset on CPU (batch 1, fp32), one grid per size.
+
+Each grid is a random RGBA volume of the given (non-cubic) extent, zero-padded at the high end to
+the cubic resolution, as the loader does. Prints a table and writes JSON.
+
+    .venv/bin/python benchmarks/bench_mae_cpu.py                 # swin_s at 64^3 and 96^3
+    .venv/bin/python benchmarks/bench_mae_cpu.py --quick         # tiny preset, smoke run
+    .venv/bin/python benchmarks/bench_mae_cpu.py --profile 64    # torch.profiler table at 64^3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model import build_mae  # noqa: E402
+
+# (extent of the real grid, padded cubic side); the issue's two sizes.
+SIZES = {64: (64, 56, 48), 96: (96, 84, 72)}
+QUICK_SIZES = {32: (32, 28, 24)}
+
+
+def padded_grid(extent: tuple[int, int, int], side: int, seed: int = 0):
+    """``(1, 4, side^3)`` zero-padded RGBA and ``(1, side^3)`` validity."""
+    g = torch.Generator().manual_seed(seed)
+    rgba = torch.zeros(1, 4, side, side, side)
+    valid = torch.zeros(1, side, side, side, dtype=torch.bool)
+    x, y, z = extent
+    rgba[:, :, :x, :y, :z] = torch.rand(1, 4, x, y, z, generator=g)
+    valid[:, :x, :y, :z] = True
+    return rgba, valid
+
+
+def step(model, rgba, valid, seed: int) -> None:
+    model.zero_grad(set_to_none=True)
+    out = model(rgba, valid, generator=torch.Generator().manual_seed(seed))
+    out.loss.backward()
+
+
+def time_size(model, side: int, extent, repeats: int) -> list[float]:
+    rgba, valid = padded_grid(extent, side)
+    step(model, rgba, valid, 0)  # warm-up: allocator, oneDNN primitives, cached masks
+    times = []
+    for i in range(repeats):
+        start = time.perf_counter()
+        step(model, rgba, valid, i + 1)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def profile_size(model, side: int, extent, rows: int) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    rgba, valid = padded_grid(extent, side)
+    step(model, rgba, valid, 0)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step(model, rgba, valid, 1)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--preset", default=None, help="model preset (default swin_s; tiny with --quick)"
+    )
+    parser.add_argument("--sizes", type=int, nargs="*", default=None, help="padded sides to time")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="tiny preset at 32^3, one repeat")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=None,
+        metavar="SIDE",
+        help="print a torch.profiler table for one step at this side and exit",
+    )
+    parser.add_argument("--out", type=Path, default=Path("bench_out/bench_mae_cpu.json"))
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    preset = args.preset or ("tiny" if args.quick else "swin_s")
+    table = QUICK_SIZES if args.quick else SIZES
+    sizes = args.sizes or list(table)
+    repeats = 1 if args.quick else args.repeats
+
+    if args.profile is not None:
+        side = args.profile
+        model = build_mae(preset, resolution=side).train()
+        extent = SIZES.get(side, QUICK_SIZES.get(side, (side,) * 3))
+        print(profile_size(model, side, extent, rows=40))
+        return 0
+
+    results = []
+    print(
+        f"{'preset':8s} {'size':>5s} {'extent':>12s} {'median s':>9s} {'min s':>7s} "
+        f"{'params':>11s} {'trainable':>11s}"
+    )
+    for side in sizes:
+        extent = table.get(side, (side,) * 3)
+        model = build_mae(preset, resolution=side).train()
+        total = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        load_before = os.getloadavg()
+        times = time_size(model, side, extent, repeats)
+        row = {
+            "preset": preset,
+            "side": side,
+            "extent": list(extent),
+            "median_s": statistics.median(times),
+            "min_s": min(times),
+            "times_s": times,
+            "params_total": total,
+            "params_trainable": trainable,
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+        }
+        results.append(row)
+        print(
+            f"{preset:8s} {side:5d} {'x'.join(map(str, extent)):>12s} {row['median_s']:9.3f} "
+            f"{row['min_s']:7.3f} {total:11,d} {trainable:11,d}"
+        )
+        del model
+
+    report = {
+        "benchmark": "mae_forward_backward_cpu",
+        "batch": 1,
+        "dtype": "float32",
+        "threads": args.threads,
+        "repeats": repeats,
+        "warmup": 1,
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

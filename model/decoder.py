@@ -1,0 +1,106 @@
+"""UNETR-style convolutional decoder from the four Swin stage outputs back to voxels.
+
+``decoder4..2`` upsample 2x with a transposed conv, concatenate the encoder skip, and refine
+with a residual block; ``decoder1`` upsamples by the patch size to full resolution without a
+skip; a 1x1x1 conv maps to the output channels. Blocks follow MONAI's ``UnetResBlock`` as the
+NeRF-MAE reference uses it (InstanceNorm without affine parameters, LeakyReLU 0.01).
+
+Two exact rewrites for the CPU path (a test compares them with the plain layers):
+
+- activations and conv weights are ``channels_last_3d``, which routes every conv to oneDNN
+  (its 3D backward is much faster there than the strided fallback);
+- a transposed conv whose kernel equals its stride is one matmul per token plus a reshuffle
+  (:func:`upsample_kernel_stride`) instead of PyTorch's slow transposed-conv kernel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+CL3D = torch.channels_last_3d
+
+
+def upsample_kernel_stride(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """``ConvTranspose3d`` with kernel = stride = s, as a matmul.
+
+    ``x`` ``(B, Cin, D, H, W)``, ``weight`` ``(Cin, Cout, s, s, s)`` -> ``(B, Cout, sD, sH, sW)``
+    in ``channels_last_3d`` memory.
+    """
+    cin, cout, s = weight.shape[0], weight.shape[1], weight.shape[2]
+    tokens = x.permute(0, 2, 3, 4, 1)  # (B, D, H, W, Cin)
+    w = weight.permute(0, 2, 3, 4, 1).reshape(cin, s**3 * cout)  # (Cin, (i j k o))
+    out = torch.matmul(tokens, w) + bias.repeat(s**3)  # (B, D, H, W, s^3 Cout)
+    out = rearrange(out, "b d h w (i j k o) -> b (d i) (h j) (w k) o", i=s, j=s, k=s)
+    return out.permute(0, 4, 1, 2, 3)
+
+
+class UnetResBlock(nn.Module):
+    """conv3-IN-LReLU-conv3-IN, plus the input (1x1 conv + IN when channels change), LReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv3d(in_channels, out_channels, 3, padding=1)
+        self.norm1 = nn.InstanceNorm3d(out_channels)
+        self.conv2 = nn.Conv3d(out_channels, out_channels, 3, padding=1)
+        self.norm2 = nn.InstanceNorm3d(out_channels)
+        self.act = nn.LeakyReLU(0.01)
+        self.residual: nn.Module = (
+            nn.Sequential(nn.Conv3d(in_channels, out_channels, 1), nn.InstanceNorm3d(out_channels))
+            if in_channels != out_channels
+            else nn.Identity()
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, Cin, D, H, W)`` -> ``(B, Cout, D, H, W)``."""
+        out = F.leaky_relu(self.norm1(self.conv1(x)), 0.01, inplace=True)
+        out = self.norm2(self.conv2(out))
+        return F.leaky_relu(out + self.residual(x), 0.01, inplace=True)
+
+
+class UpBlock(nn.Module):
+    """Transposed conv (kernel = stride = ``scale``), optional skip concat, residual block."""
+
+    def __init__(self, in_channels: int, out_channels: int, scale: int, skip: bool) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose3d(in_channels, out_channels, scale, stride=scale)
+        self.skip = skip
+        self.block = UnetResBlock(2 * out_channels if skip else out_channels, out_channels)
+
+    def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:
+        """``(B, Cin, D, H, W)`` [+ skip ``(B, Cout, sD, sH, sW)``] -> ``(B, Cout, sD, sH, sW)``."""
+        up = upsample_kernel_stride(x, self.up.weight, self.up.bias)
+        return self.block(torch.cat([up, skip], dim=1) if self.skip else up)
+
+
+class UNETRDecoder(nn.Module):
+    """Four stage outputs (widths ``dims``) -> ``(B, out_channels, D, H, W)`` voxels.
+
+    Args:
+        dims: encoder stage widths, e.g. ``[96, 192, 384, 768]``.
+        patch_size: the encoder's patch side; the last upsampling restores it.
+        out_channels: predicted channels per voxel (4: RGB and an alpha logit).
+    """
+
+    def __init__(self, dims: Sequence[int], patch_size: int, out_channels: int = 4) -> None:
+        super().__init__()
+        if len(dims) != 4:
+            raise ValueError(f"the decoder takes 4 stage widths, got {list(dims)}")
+        self.decoder4 = UpBlock(dims[3], dims[2], 2, skip=True)
+        self.decoder3 = UpBlock(dims[2], dims[1], 2, skip=True)
+        self.decoder2 = UpBlock(dims[1], dims[0], 2, skip=True)
+        self.decoder1 = UpBlock(dims[0], dims[0] // 2, patch_size, skip=False)
+        self.out = nn.Conv3d(dims[0] // 2, out_channels, 1)
+        self.to(memory_format=CL3D)
+
+    def forward(self, feats: Sequence[Tensor]) -> Tensor:
+        """Stage outputs ``(B, C_i, D_i, H_i, W_i)`` -> ``(B, out_channels, D, H, W)``."""
+        f1, f2, f3, f4 = (f.contiguous(memory_format=CL3D) for f in feats)
+        x = self.decoder4(f4, f3)
+        x = self.decoder3(x, f2)
+        x = self.decoder2(x, f1)
+        return self.out(self.decoder1(x))

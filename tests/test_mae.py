@@ -1,0 +1,199 @@
+"""NeRF-MAE wrapper: patchify, block masking, the loss by hand, gradients, overfitting."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+
+from model import MAEConfig, build_mae, list_presets
+from model.pos_embed import sincos_3d
+
+
+@pytest.fixture
+def tiny():
+    torch.manual_seed(0)
+    return build_mae("tiny", resolution=32)
+
+
+def test_presets_registry():
+    assert {"swin_s", "swin_t", "tiny"} <= set(list_presets())
+    with pytest.raises(ValueError, match="unknown model preset"):
+        build_mae("swin_xl")
+    with pytest.raises(ValueError, match="unknown MAEConfig field"):
+        build_mae("tiny", resolutoin=32)
+    with pytest.raises(ValueError, match="MAEConfig.resolution=40"):
+        build_mae("tiny", resolution=40)
+
+
+def test_unpatchify_inverts_patchify_and_layout(tiny):
+    x = torch.randn(2, 4, 32, 32, 32)
+    patches = tiny.patchify(x)
+    assert patches.shape == (2, 8, 8, 8, 64, 4)
+    # voxel (1, 2, 3) of token (0, 1, 0) sits at patch entry 1*16 + 2*4 + 3
+    assert torch.equal(patches[0, 0, 1, 0, 16 + 8 + 3], x[0, :, 1, 4 + 2, 3])
+    assert torch.equal(tiny.unpatchify(patches), x)
+
+
+def test_pos_embed_matches_hand_computed_entry():
+    emb = sincos_3d(4, 12)  # 4 channels per axis, omega = [1, 1/100]
+    assert emb.shape == (1, 4, 4, 4, 12)
+    d, h, w = 1, 2, 3  # the reference's meshgrid order puts the second axis first
+    expected = []
+    for pos in (h, d, w):
+        expected += [math.sin(pos), math.sin(pos / 100), math.cos(pos), math.cos(pos / 100)]
+    torch.testing.assert_close(emb[0, d, h, w], torch.tensor(expected))
+
+
+def test_pos_embed_is_frozen_and_added(tiny):
+    assert not tiny.pos_embed.requires_grad
+    torch.testing.assert_close(tiny.pos_embed, sincos_3d(8, 24))
+
+
+def test_masking_ratio_and_block_structure():
+    model = build_mae("tiny", resolution=64, mask_block=4)  # 16^3 tokens, 4^3 blocks
+    g = torch.Generator().manual_seed(0)
+    masks = torch.stack([model.random_masking(1, (16, 16, 16), g)[0] for _ in range(200)])
+    assert abs(masks.float().mean().item() - 0.75) < 0.02
+    blocks = masks.view(200, 4, 4, 4, 4, 4, 4)  # (draw, bd, i, bh, j, bw, k)
+    per_block = blocks.float().mean(dim=(2, 4, 6))
+    assert torch.all((per_block == 0) | (per_block == 1)), "a 4^3-token block is split"
+    voxel = model.voxel_mask(masks[:3])  # (3, 64, 64, 64): constant on aligned 16^3 cubes
+    cubes = voxel.view(3, 4, 16, 4, 16, 4, 16).float().mean(dim=(2, 4, 6))
+    assert torch.all((cubes == 0) | (cubes == 1))
+    torch.testing.assert_close(cubes, per_block[:3])
+
+
+def test_masking_same_for_batch_by_default_and_reproducible():
+    shared = build_mae("tiny", resolution=64, mask_block=4)
+    m = shared.random_masking(3, (16, 16, 16), torch.Generator().manual_seed(1))
+    assert torch.equal(m[0], m[1]) and torch.equal(m[0], m[2])
+    again = shared.random_masking(3, (16, 16, 16), torch.Generator().manual_seed(1))
+    assert torch.equal(m, again)
+    per_sample = build_mae("tiny", resolution=64, mask_block=4, mask_per_sample=True)
+    m = per_sample.random_masking(3, (16, 16, 16), torch.Generator().manual_seed(1))
+    assert not torch.equal(m[0], m[1])
+
+
+def _hand_example(model, region_mask_x=8, valid_x=16):
+    s = model.config.resolution
+    rgba = torch.zeros(1, 4, s, s, s)
+    rgba[0, :, 0, 0, 0] = torch.tensor([1.0, 0.5, 0.0, 0.5])  # opaque voxel A
+    rgba[0, :, 1, 0, 0] = torch.tensor([1.0, 1.0, 1.0, 0.005])  # below the 0.01 gate
+    rgba[0, :, 9, 0, 0] = torch.tensor([0.2, 0.2, 0.2, 0.8])  # opaque, outside the mask
+    pred = torch.zeros(1, 4, s, s, s)
+    pred[0, :3, 0, 0, 0] = 0.5
+    valid = torch.zeros(1, s, s, s, dtype=torch.bool)
+    valid[:, :valid_x] = True
+    voxel_mask = torch.zeros(1, s, s, s, dtype=torch.bool)
+    voxel_mask[:, :region_mask_x] = True
+    return rgba, pred, valid, voxel_mask
+
+
+def test_loss_equals_hand_computed_value(tiny):
+    rgba, pred, valid, voxel_mask = _hand_example(tiny)
+    loss, loss_rgb, loss_alpha = tiny.forward_loss(rgba, pred, valid, voxel_mask)
+    # colour over the two opaque voxels, per voxel (not per channel):
+    # A: (0.5-1)^2 + 0 + (0.5-0)^2 = 0.5 ; C at x=9: 3 * 0.2^2 = 0.12
+    assert loss_rgb.item() == pytest.approx((0.5 + 0.12) / 2)
+    # alpha over the masked valid region x < 8 (8*32*32 voxels), sigmoid(0) = 0.5
+    n = 8 * 32 * 32
+    expected_alpha = ((0.5 - 0.5) ** 2 + (0.5 - 0.005) ** 2 + (n - 2) * 0.25) / n
+    assert loss_alpha.item() == pytest.approx(expected_alpha, rel=1e-6)
+    assert loss.item() == pytest.approx(loss_rgb.item() + loss_alpha.item())
+
+
+def test_loss_paper_variants(tiny):
+    rgba, pred, valid, voxel_mask = _hand_example(tiny)
+    masked = build_mae("tiny", rgb_region="masked_opaque")
+    _, loss_rgb, _ = masked.forward_loss(rgba, pred, valid, voxel_mask)
+    assert loss_rgb.item() == pytest.approx(0.5)  # only A lies in the masked region
+    weighted = build_mae("tiny", rgb_weighting="alpha")
+    _, loss_rgb, _ = weighted.forward_loss(rgba, pred, valid, voxel_mask)
+    assert loss_rgb.item() == pytest.approx((0.5 * 0.5 + 0.8 * 0.12) / (0.5 + 0.8))
+    with pytest.raises(ValueError, match="rgb_region"):
+        MAEConfig(resolution=32, rgb_region="everywhere")
+
+
+def test_loss_ignores_padding(tiny):
+    rgba, pred, valid, voxel_mask = _hand_example(tiny)
+    base = tiny.forward_loss(rgba, pred, valid, voxel_mask)
+    g = torch.Generator().manual_seed(0)
+    noisy_rgba, noisy_pred = rgba.clone(), pred.clone()
+    noisy_rgba[:, :, 16:] = torch.rand(noisy_rgba[:, :, 16:].shape, generator=g)  # alpha > 0.01
+    noisy_pred[:, :, 16:] = torch.randn(noisy_pred[:, :, 16:].shape, generator=g)
+    noisy = tiny.forward_loss(noisy_rgba, noisy_pred, valid, voxel_mask)
+    for a, b in zip(base, noisy, strict=True):
+        assert a.item() == b.item()
+
+
+def test_forward_backward_every_parameter_gets_a_finite_gradient(tiny):
+    s = 32
+    rgba = torch.rand(2, 4, s, s, s)
+    valid = torch.ones(2, s, s, s, dtype=torch.bool)
+    out = tiny(rgba, valid, generator=torch.Generator().manual_seed(0))
+    assert out.pred.shape == (2, 4, s, s, s) and out.mask.shape == (2, s, s, s)
+    assert out.mask.dtype == torch.bool
+    assert all(torch.isfinite(t) for t in (out.loss, out.loss_rgb, out.loss_alpha))
+    out.loss.backward()
+    for name, p in tiny.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None, name
+            assert torch.isfinite(p.grad).all(), name
+    assert tiny.pos_embed.grad is None
+
+
+def test_forward_rejects_wrong_size(tiny):
+    with pytest.raises(ValueError, match="MAEConfig.resolution"):
+        tiny(torch.rand(1, 4, 16, 16, 16), torch.ones(1, 16, 16, 16, dtype=torch.bool))
+
+
+def _synthetic_grid(s: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A coloured sphere and a box in a grid whose last quarter along x is padding."""
+    axis = torch.linspace(-1, 1, s)
+    x, y, z = torch.meshgrid(axis, axis, axis, indexing="ij")
+    sphere = ((x + 0.3) ** 2 + y**2 + z**2 < 0.25).float()
+    box = ((x - 0.2).abs() < 0.2) & ((y + 0.4).abs() < 0.3) & ((z - 0.3).abs() < 0.25)
+    alpha = torch.clamp(sphere + box.float(), max=1.0)
+    rgb = torch.stack([0.5 + 0.5 * x, 0.5 + 0.5 * y, box.float()]) * alpha
+    valid = torch.ones(s, s, s, dtype=torch.bool)
+    valid[3 * s // 4 :] = False
+    rgba = torch.cat([rgb, alpha[None]]) * valid
+    return rgba[None], valid[None]
+
+
+@pytest.mark.slow
+def test_tiny_overfits_one_grid():
+    torch.manual_seed(0)
+    model = build_mae("tiny", resolution=32)
+    rgba, valid = _synthetic_grid(32)
+    optim = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    start, losses = time.perf_counter(), []
+    for _ in range(40):
+        out = model(rgba, valid, generator=g)
+        optim.zero_grad()
+        out.loss.backward()
+        optim.step()
+        losses.append(out.loss.item())
+    first, last = losses[0], sum(losses[-5:]) / 5
+    assert last < first / 10, (first, last, time.perf_counter() - start)
+
+
+def test_decoder_rewrites_equal_plain_layers():
+    """channels-last + matmul upsampling give the plain ConvTranspose3d/Conv3d numbers."""
+    torch.manual_seed(0)
+    decoder = build_mae("tiny", resolution=32).decoder
+    feats = [torch.randn(1, 24 * 2**i, 8 // 2**i, 8 // 2**i, 8 // 2**i) for i in range(4)]
+
+    def plain_up(block, x, skip=None):
+        up = block.up(x)  # nn.ConvTranspose3d
+        return block.block(up if skip is None else torch.cat([up, skip], dim=1))
+
+    f1, f2, f3, f4 = (f.contiguous() for f in feats)
+    x = plain_up(decoder.decoder2, plain_up(decoder.decoder3, plain_up(decoder.decoder4, f4, f3),
+                                            f2), f1)
+    expected = decoder.out(plain_up(decoder.decoder1, x))
+    torch.testing.assert_close(decoder(feats), expected, atol=1e-5, rtol=1e-5)
