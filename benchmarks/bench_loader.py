@@ -1,0 +1,183 @@
+"""Loader throughput: (4, 160, 160, 160) float32 batches from a local GridStore vs NeRF-MAE .npz.
+
+Both paths deliver the same samples (``rgba`` padded at the high end to 160^3, ``valid``)
+through a ``torch.utils.data.DataLoader`` with 0 and 2 workers, in the same run:
+
+  store  ``GridDataset(local store, size=160, crop="pad")`` with ``collate_fn=collate_grids``:
+         float16 Blosc-zstd chunks decoded and cast chunk by chunk into the padded
+         batch, which workers allocate in shared memory (no collate copy)
+  npz    NeRF-MAE's path: ``np.load(f)["rgbsigma"]`` (zlib, float32 (X, Y, Z, 4)),
+         ``astype(float32)``, transpose to (4, X, Y, Z), zero-pad to 160^3, default_collate
+
+Grids come from ``bench_store.benchmark_grids`` (synthetic rooms' analytic ground truth,
+cached); ``--scenes`` ids cycle over ``--rooms`` distinct rooms (files are separate, so
+every sample is read and decoded; all of it sits in the OS page cache, as a training
+set that fits in RAM would). Timing: one warm-up batch per loader, then ``--epochs``
+passes. No pin_memory (this machine has no GPU). Goal: store >= 20 grids/s and >= 3x npz.
+Besides wall-clock grids/s, the CPU seconds per grid (main process + workers) are
+recorded: on a shared, oversubscribed machine they say what the cores would deliver
+unloaded (``cpu_bound_grids_per_s`` = grids per CPU second x min(cpu_count, max(workers, 1)):
+an estimate, not a measurement).
+
+    .venv/bin/python benchmarks/bench_loader.py [--quick] [--out bench_out/bench_loader.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_store import GRID_CACHE, REPO_ROOT, benchmark_grids  # noqa: E402
+
+from grid_store import GridStore  # noqa: E402
+from grid_store.dataset import GridDataset, collate_grids  # noqa: E402
+
+log = logging.getLogger("bench_loader")
+
+
+class NpzGridDataset(Dataset):
+    """NeRF-MAE's loading of ``rgbsigma`` .npz files, returning GridDataset's samples."""
+
+    def __init__(self, files: list[Path], size: int = 160):
+        self.files, self.size = files, size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict:
+        with np.load(self.files[index]) as data:
+            rgbsigma = data["rgbsigma"].astype(np.float32)  # (X, Y, Z, 4)
+        rgba = torch.from_numpy(rgbsigma).permute(3, 0, 1, 2)  # (4, X, Y, Z) view
+        x, y, z = rgba.shape[1:]
+        padded = torch.nn.functional.pad(
+            rgba, (0, self.size - z, 0, self.size - y, 0, self.size - x)
+        )
+        valid = torch.zeros((self.size,) * 3, dtype=torch.bool)
+        valid[:x, :y, :z] = True
+        return {"rgba": padded, "valid": valid, "scene_id": self.files[index].stem}
+
+
+def grids_per_second(dataset: Dataset, workers: int, batch: int, epochs: int, collate) -> dict:
+    loader = DataLoader(
+        dataset,
+        batch_size=batch,
+        num_workers=workers,
+        collate_fn=collate,
+        persistent_workers=workers > 0,
+        prefetch_factor=2 if workers else None,
+    )
+    iterator = iter(loader)
+    first = next(iterator)  # warm-up: worker start, first reads
+    assert first["rgba"].shape[1:] == (4, 160, 160, 160) and first["rgba"].dtype == torch.float32
+    del iterator, first
+    me = psutil.Process()
+    workers_cpu = lambda: sum(sum(c.cpu_times()[:2]) for c in me.children())  # noqa: E731
+    grids, start, cpu_start, workers_start = (
+        0,
+        time.perf_counter(),
+        time.process_time(),
+        workers_cpu(),
+    )
+    for _ in range(epochs):
+        for sample in loader:
+            grids += sample["rgba"].shape[0]  # (B, 4, 160, 160, 160)
+    seconds = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start + workers_cpu() - workers_start
+    return {
+        "grids": grids,
+        "seconds": seconds,
+        "grids_per_s": grids / seconds,
+        "cpu_s_per_grid": cpu / grids,
+        # What the CPU work alone allows on this machine's cores when nothing else runs.
+        "cpu_bound_grids_per_s": grids / cpu * min(os.cpu_count() or 1, max(workers, 1)),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rooms", type=int, default=4, help="distinct grids")
+    parser.add_argument("--scenes", type=int, default=32, help="scene ids (cycling over rooms)")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--grids", type=Path, default=None, help="folder of contract-1 .npz grids")
+    parser.add_argument("--quick", action="store_true", help="1 room, 8 scenes, 1 epoch")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench_out" / "bench_loader.json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.quick:
+        args.rooms, args.scenes, args.epochs = 1, 8, 1
+    grids = list(benchmark_grids(args.rooms, 160, GRID_CACHE, args.grids).values())
+
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        store = GridStore(Path(tmp) / "grids.zarr")
+        files = []
+        for i in range(args.scenes):
+            # rgba only: the .npz path carries no labels, so neither side loads any.
+            grid = grids[i % len(grids)].replace(semantic=None, boxes=None, box_labels=None)
+            store.write_grid(f"scene_{i:04d}", grid)
+            files.append(Path(tmp) / f"scene_{i:04d}.npz")
+            np.savez_compressed(
+                files[-1], rgbsigma=np.moveaxis(grid.rgba.astype(np.float32), 0, -1)
+            )
+        datasets = {"store": GridDataset(store.url, size=160), "npz": NpzGridDataset(files)}
+        collates = {"store": collate_grids, "npz": None}  # None: torch's default_collate
+        for workers in args.workers:
+            for name, dataset in datasets.items():
+                row = {
+                    "path": name,
+                    "workers": workers,
+                    "batch": args.batch,
+                    **grids_per_second(dataset, workers, args.batch, args.epochs, collates[name]),
+                }
+                log.info("%s workers=%d: %.1f grids/s", name, workers, row["grids_per_s"])
+                results.append(row)
+
+    best = {p: max(r["grids_per_s"] for r in results if r["path"] == p) for p in ("store", "npz")}
+    summary = {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "distinct_grids": len(grids),
+        "shapes": [list(g.shape) for g in grids],
+        "scenes": args.scenes,
+        "best_store_grids_per_s": best["store"],
+        "best_npz_grids_per_s": best["npz"],
+        "speedup_best_vs_best": best["store"] / best["npz"],
+        "goal": ">= 20 grids/s and >= 3x npz",
+    }
+    summary["meets_goal"] = best["store"] >= 20 and summary["speedup_best_vs_best"] >= 3
+
+    print(
+        f"{'path':<6} {'workers':>7} {'batch':>5} {'grids':>6} {'seconds':>8} {'grids/s':>8} "
+        f"{'cpu s/grid':>10} {'cpu-bound grids/s':>17}"
+    )
+    for r in results:
+        print(
+            f"{r['path']:<6} {r['workers']:>7} {r['batch']:>5} {r['grids']:>6} "
+            f"{r['seconds']:>8.2f} {r['grids_per_s']:>8.1f} {r['cpu_s_per_grid']:>10.3f} "
+            f"{r['cpu_bound_grids_per_s']:>17.1f}"
+        )
+    print(
+        f"best store {best['store']:.1f} grids/s vs best npz {best['npz']:.1f} grids/s "
+        f"({summary['speedup_best_vs_best']:.1f}x); meets goal: {summary['meets_goal']}"
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"summary": summary, "rows": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
