@@ -140,9 +140,16 @@ class NGPField(nn.Module):
     def forward(self, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(N, 3)`` points, ``(N, 3)`` unit directions -> sigma ``(N,)``, rgb ``(N, 3)``."""
         sigma, geometry = self.density_and_geometry(x)
+        return sigma, self.color_from_geometry(geometry, d)
+
+    def color_from_geometry(self, geometry: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        """``(N, G)`` features from :meth:`density_and_geometry`, ``(N, 3)`` directions -> RGB.
+
+        Callers that need many directions at one point (grid extraction) encode the
+        point once and run only the colour head per direction.
+        """
         sh = spherical_harmonics(d, self.config.sh_degree).to(geometry.dtype)  # (N, D**2)
-        rgb = torch.sigmoid(self.color_mlp(torch.cat([sh, geometry], dim=-1)).float())
-        return sigma, rgb
+        return torch.sigmoid(self.color_mlp(torch.cat([sh, geometry], dim=-1)).float())
 
     def color(self, x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         """``(N, 3)`` points, ``(N, 3)`` unit directions (camera -> point) -> ``(N, 3)`` RGB."""

@@ -50,7 +50,7 @@ from pipeline.directions import (
     rpn_fixed_directions,
     select_cameras,
 )
-from pipeline.field import RadianceField
+from pipeline.field import GeometryRadianceField, RadianceField
 
 log = logging.getLogger(__name__)
 
@@ -277,13 +277,23 @@ def sample_field(
             r1 = min(r0 + rows_per_chunk, X * Y)
             x = _rows_points(axes, r0, r1, Y)  # (n, 3) float32, n = (r1 - r0) * Z
             span = slice(r0 * Z, r1 * Z)
-            sigma = field.density(x).reshape(-1).float()  # (n,)
+            if isinstance(field, GeometryRadianceField):
+                sigma, geometry = field.density_and_geometry(x)
+
+                def color_at(d, geometry=geometry):
+                    return field.color_from_geometry(geometry, d)
+            else:
+                sigma = field.density(x)
+
+                def color_at(d, x=x):
+                    return field.color(x, d)
+            sigma = sigma.reshape(-1).float()  # (n,)
             out_t[3, span] = torch.expm1(sigma.clamp_min(0.0) * -delta).neg_().cpu()
             if dirs is None:
                 continue
-            rgb = field.color(x, dirs.directions(x, 0)).float()  # (n, 3)
+            rgb = color_at(dirs.directions(x, 0)).float()  # (n, 3)
             for k in range(1, dirs.count):
-                rgb = rgb + field.color(x, dirs.directions(x, k))
+                rgb = rgb + color_at(dirs.directions(x, k))
             # Not in place: the field's output may be a view of something it owns.
             out_t[:3, span] = (rgb / dirs.count).clamp_(0.0, 1.0).T.cpu()
     return out.reshape(4, X, Y, Z)

@@ -27,3 +27,20 @@ class RadianceField(Protocol):
         ``d`` is the direction the ray travels (from the camera towards the point).
         """
         ...
+
+
+@runtime_checkable
+class GeometryRadianceField(RadianceField, Protocol):
+    """Optional fast path: a field whose colour depends on the point only through features.
+
+    Extraction averages colour over many directions per sample; with this split it
+    encodes each point once instead of once per direction. ``NGPField`` implements it.
+    """
+
+    def density_and_geometry(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(N, 3)`` points -> sigma ``(N,)`` and features ``(N, G)``."""
+        ...
+
+    def color_from_geometry(self, geometry: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        """``(N, G)`` features and ``(N, 3)`` unit directions -> ``(N, 3)`` RGB in [0, 1]."""
+        ...

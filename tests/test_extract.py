@@ -13,7 +13,12 @@ import pytest
 import torch
 
 from grid_store.grid import RadianceGrid, grid_points, grid_shape_for_box
-from pipeline.directions import fibonacci_directions, rpn_fixed_directions, select_cameras
+from pipeline.directions import (
+    FixedDirections,
+    fibonacci_directions,
+    rpn_fixed_directions,
+    select_cameras,
+)
 from pipeline.extract import ExtractConfig, config_hash, extract_grid, sample_field
 
 
@@ -406,3 +411,20 @@ def test_cli_extract_to_npz_and_store(tmp_path, monkeypatch, capsys):
     assert main(["extract", str(tmp_path / "missing"), "--out", str(tmp_path / "m.npz")]) == 2
     assert not (tmp_path / "m.npz").exists()
     assert GridStore(store, mode="r").list_scenes() == ["r1"]
+
+
+def test_geometry_fast_path_equals_generic_path():
+    # NGPField encodes each point once and runs only its colour head per direction;
+    # the result must equal calling density()/color() per direction.
+    from nerf_training.field import FieldConfig, NGPField
+    from pipeline.field import GeometryRadianceField, RadianceField
+
+    torch.manual_seed(0)
+    field = NGPField(FieldConfig(), torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]))
+    generic = SimpleNamespace(aabb=field.aabb, density=field.density, color=field.color)
+    assert isinstance(field, GeometryRadianceField)
+    assert isinstance(generic, RadianceField) and not isinstance(generic, GeometryRadianceField)
+    dirs = FixedDirections(fibonacci_directions(5))
+    kw = dict(bbox_min=np.array([-0.9, -0.8, -0.7]), voxel_size=0.15, shape=(9, 8, 7), delta=0.15,
+              dirs=dirs, chunk_points=100, progress=False)
+    np.testing.assert_allclose(sample_field(field, **kw), sample_field(generic, **kw), atol=1e-6)
