@@ -1,0 +1,499 @@
+"""The Prefect flows on tiny synthetic scenes, under one session-wide ``prefect_test_harness``.
+
+Scenes are 8 views of 16x16 pixels, NeRFs train 30 steps, grids have 24 samples on the
+longest side: every figure here is about orchestration (what runs, what is skipped,
+what is reported), not about quality.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Prefect reads its settings when imported: a private home and no telemetry (there is
+# no network) must be in place before the first ``import prefect``.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="nerfmae-prefect-home-")
+atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_UI_ENABLED"] = "false"
+for _name in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE"):
+    os.environ.pop(_name, None)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+# A NeRF small enough to train 30 steps in a few seconds on a busy CPU.
+NERF = {
+    "max_steps": 30,
+    "device": "cpu",
+    "check_every": 0,
+    "progress": False,
+    "seed": 0,
+    "num_threads": 1,
+    "target_samples": 4096,
+    "initial_rays": 256,
+    "max_rays": 1024,
+    "samples_per_diagonal": 64,
+    "eval_chunk": 4096,
+    "field": {
+        "encoding": {
+            "n_levels": 4,
+            "n_features_per_level": 2,
+            "log2_hashmap_size": 12,
+            "base_resolution": 8,
+            "finest_resolution": 64,
+        },
+        "hidden_dim": 16,
+        "sh_degree": 2,
+        "backend": "torch",
+    },
+    "occupancy": {"resolution": 16, "update_every": 8, "warmup_steps": 8},
+}
+RES = 24
+FAST = {"nerf": NERF, "resolution": RES, "retries": 0, "retry_delay_s": 0.0, "max_parallel": 1}
+
+
+# ----------------------------------------------------------------- fixtures
+@pytest.fixture(scope="session")
+def prefect_api() -> str:
+    """A temporary Prefect server (SQLite) for the whole session; yields its API URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="session")
+def scene_root(tmp_path_factory) -> Path:
+    """Three tiny synthetic scenes in one folder."""
+    from pipeline.synthetic import generate_scene
+
+    root = tmp_path_factory.mktemp("scenes")
+    for seed in range(3):
+        generate_scene(
+            root / f"room_{seed}", seed=seed, n_views=8, image_size=16, grid_resolution=RES
+        )
+    return root
+
+
+@pytest.fixture(scope="session")
+def shared_runs(tmp_path_factory) -> Path:
+    """NeRF runs shared by tests that do not count trainings (Prefect's cache reuses them)."""
+    return tmp_path_factory.mktemp("nerf_runs")
+
+
+@pytest.fixture
+def count_trainings(monkeypatch) -> list[str]:
+    """Scene folders the NeRF trainer was called on (the task imports it at call time)."""
+    import nerf_training
+
+    calls: list[str] = []
+    real = nerf_training.train_nerf
+
+    def counting(scene_dir, run_dir, config=None):
+        calls.append(Path(scene_dir).name)
+        return real(scene_dir, run_dir, config=config)
+
+    monkeypatch.setattr(nerf_training, "train_nerf", counting)
+    return calls
+
+
+def by_id(reports: list[dict]) -> dict[str, dict]:
+    return {r["scene_id"]: r for r in reports}
+
+
+def run_artifact(state, kind: str):
+    """The one artifact of type ``kind`` of the flow run that ended in ``state``."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    (art,) = [a for a in arts if a.type == kind]
+    return art
+
+
+def table_artifact(state) -> list[dict]:
+    """The build-dataset table (one dict per row) of the flow run that ended in ``state``."""
+    data = run_artifact(state, "table").data
+    return json.loads(data) if isinstance(data, str) else data
+
+
+# ----------------------------------------------------------------- plain functions
+def test_discover_scenes_accepts_folder_glob_list_and_single_scene(scene_root):
+    from flows.scenes import discover_scenes
+
+    rooms = sorted(scene_root.iterdir())
+    assert discover_scenes(scene_root) == rooms
+    assert discover_scenes(str(scene_root / "room_[01]")) == rooms[:2]
+    assert discover_scenes([rooms[2], str(rooms[0])]) == [rooms[2], rooms[0]]
+    assert discover_scenes(rooms[1]) == [rooms[1]]  # a scene folder itself
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        discover_scenes(scene_root / "nowhere")
+    with pytest.raises(FileNotFoundError, match="matches no folder"):
+        discover_scenes(str(scene_root / "zzz*"))
+
+
+def test_scene_ids_are_made_valid_and_duplicates_fail(tmp_path):
+    from flows.scenes import plan_jobs
+
+    a = tmp_path / "x" / "my scene#1"
+    b = tmp_path / "y" / "my scene#1"
+    jobs, failures = plan_jobs([a, b])
+    assert [j.scene_id for j in jobs] == ["my_scene_1"]
+    assert [f["status"] for f in failures] == ["failed"]
+    assert "already used by" in failures[0]["reason"] and str(a) in failures[0]["reason"]
+
+
+def test_fingerprint_follows_images_and_transforms_not_ground_truth(scene_root, tmp_path):
+    from flows.tasks import scene_fingerprint
+
+    scene = tmp_path / "s"
+    shutil.copytree(scene_root / "room_0", scene)
+    base = scene_fingerprint(scene)
+    assert scene_fingerprint(scene_root / "room_0") == base  # a copy hashes the same
+    (scene / "ground_truth" / "grid.npz").write_bytes(b"changed")
+    assert scene_fingerprint(scene) == base
+    image = sorted((scene / "images").iterdir())[0]
+    data = bytearray(image.read_bytes())
+    data[-1] ^= 1
+    image.write_bytes(bytes(data))
+    assert scene_fingerprint(scene) != base
+    with pytest.raises(FileNotFoundError, match="no transforms.json"):
+        scene_fingerprint(scene / "images")
+
+
+def test_flow_files_do_not_shadow_project_packages():
+    # Loading a flow file puts flows/ first on sys.path (Prefect and `python flows/x.py`).
+    packages = {p.name for p in REPO.iterdir() if (p / "__init__.py").is_file()}
+    stems = {p.stem for p in (REPO / "flows").glob("*.py")}
+    assert packages and not stems & packages
+
+
+def test_engine_argv_is_what_model_engine_parses_back():
+    from flows.pretrain import engine_argv
+    from model.engine import PretrainConfig, build_arg_parser
+
+    config = PretrainConfig(
+        store_url="s3://b/g.zarr",
+        out_dir="/tmp/run",
+        preset="tiny",
+        epochs=3,
+        augment=False,
+        scenes=["a", "b"],
+        model_overrides={"mask_ratio": 0.5},
+        max_steps=7,
+        lr=3e-4,
+    )
+    import dataclasses
+
+    parsed = build_arg_parser().parse_args(engine_argv(dataclasses.asdict(config)))
+    assert PretrainConfig(**vars(parsed)) == config
+
+
+# ----------------------------------------------------------------- flows
+def test_build_dataset_writes_every_scene_and_a_table(
+    prefect_api, scene_root, shared_runs, tmp_path
+):
+    from flows.build_dataset import build_dataset
+    from grid_store import GridStore
+
+    store = str(tmp_path / "grids.zarr")
+    state = build_dataset(
+        scenes=str(scene_root / "room_[01]"),
+        store=store,
+        runs_dir=str(shared_runs),
+        return_state=True,
+        **FAST,
+    )
+    assert state.is_completed()
+    reports = by_id(state.result())
+    assert set(reports) == {"room_0", "room_1"}
+    gs = GridStore(store, mode="r")
+    assert gs.list_scenes() == ["room_0", "room_1"]
+    for sid, r in reports.items():
+        assert r["status"] == "written" and r["psnr"] is not None
+        attrs = gs.scene_attrs(sid)
+        assert attrs["config_hash"] == r["config_hash"]
+        assert attrs["source"] == str((scene_root / sid).resolve())
+        assert (
+            max(gs.read_grid(sid).shape) == RES and list(gs.read_grid(sid).shape) == r["grid_shape"]
+        )
+    rows = {row["scene"]: row for row in table_artifact(state)}
+    assert set(rows) == {"room_0", "room_1"}
+    assert rows["room_0"]["status"] == "written"
+    assert rows["room_0"]["psnr_db"] == reports["room_0"]["psnr"]
+    assert rows["room_0"]["grid"] == "x".join(map(str, reports["room_0"]["grid_shape"]))
+
+
+def test_rerun_skips_stored_scenes_and_new_resolution_reuses_nerfs(
+    prefect_api, scene_root, tmp_path, count_trainings
+):
+    from flows.build_dataset import build_dataset
+    from grid_store import GridStore
+
+    store, runs = str(tmp_path / "grids.zarr"), str(tmp_path / "runs")
+    kwargs = {**FAST, "scenes": str(scene_root / "room_0"), "store": store, "runs_dir": runs}
+    first = by_id(build_dataset(**kwargs))
+    assert first["room_0"]["status"] == "written" and count_trainings == ["room_0"]
+
+    again = by_id(build_dataset(**kwargs))
+    assert again["room_0"]["status"] == "cached"
+    assert again["room_0"]["config_hash"] == first["room_0"]["config_hash"]
+    assert count_trainings == ["room_0"]  # not trained again
+
+    # New extraction settings: a new grid, but the trained NeRF comes from Prefect's cache.
+    finer = by_id(build_dataset(**{**kwargs, "resolution": RES + 8}))
+    assert finer["room_0"]["status"] == "written"
+    assert finer["room_0"]["config_hash"] != first["room_0"]["config_hash"]
+    assert count_trainings == ["room_0"]
+    assert max(GridStore(store, mode="r").read_grid("room_0").shape) == RES + 8
+
+
+def test_bad_scene_folders_fail_alone(prefect_api, scene_root, shared_runs, tmp_path):
+    from flows.build_dataset import build_dataset
+    from grid_store import GridStore
+
+    scenes = tmp_path / "scenes"
+    shutil.copytree(scene_root / "room_0", scenes / "good")
+    (scenes / "no_transforms" / "images").mkdir(parents=True)
+    shutil.copytree(scene_root / "room_1", scenes / "missing_image")
+    missing = sorted((scenes / "missing_image" / "images").iterdir())[3]
+    missing.unlink()
+
+    store = str(tmp_path / "grids.zarr")
+    state = build_dataset(
+        scenes=str(scenes), store=store, runs_dir=str(shared_runs), return_state=True, **FAST
+    )
+    assert state.is_completed()
+    reports = by_id(state.result())
+    assert reports["good"]["status"] == "written"
+    assert reports["no_transforms"]["status"] == "failed"
+    assert "no transforms.json" in reports["no_transforms"]["reason"]
+    assert reports["missing_image"]["status"] == "failed"
+    assert missing.name in reports["missing_image"]["reason"]
+    assert GridStore(store, mode="r").list_scenes() == ["good"]
+    rows = {row["scene"]: row for row in table_artifact(state)}
+    assert (
+        rows["missing_image"]["status"] == "failed"
+        and missing.name in rows["missing_image"]["reason"]
+    )
+
+
+def test_quality_gate_rejects_without_writing(prefect_api, scene_root, shared_runs, tmp_path):
+    from flows.build_dataset import build_dataset
+    from grid_store import GridStore
+
+    store = str(tmp_path / "grids.zarr")
+    reports = build_dataset(
+        scenes=str(scene_root / "room_0"),
+        store=store,
+        runs_dir=str(shared_runs),
+        min_psnr=99.0,
+        **FAST,
+    )
+    (r,) = reports
+    assert r["status"] == "rejected" and "< min_psnr 99" in r["reason"] and r["psnr"] < 99
+    assert GridStore(store, mode="r").list_scenes() == []
+
+
+def test_transient_error_is_retried_and_bad_input_is_not(
+    prefect_api, scene_root, tmp_path, monkeypatch
+):
+    import nerf_training
+    from flows.build_dataset import build_dataset
+
+    calls: list[str] = []
+    real = nerf_training.train_nerf
+
+    def flaky(scene_dir, run_dir, config=None):
+        calls.append(Path(scene_dir).name)
+        if Path(scene_dir).name == "bad":
+            raise ValueError("bad scene: transforms.json field 'frames' is empty")
+        if calls.count(Path(scene_dir).name) == 1:
+            raise RuntimeError("CUDA error: an illegal memory access (transient)")
+        return real(scene_dir, run_dir, config=config)
+
+    monkeypatch.setattr(nerf_training, "train_nerf", flaky)
+    shutil.copytree(scene_root / "room_2", tmp_path / "scenes" / "room_2")
+    shutil.copytree(scene_root / "room_2", tmp_path / "scenes" / "bad")
+    (tmp_path / "scenes" / "bad" / "transforms.json").write_text('{"frames": []}')
+    reports = by_id(
+        build_dataset(
+            scenes=str(tmp_path / "scenes"),
+            store=str(tmp_path / "g.zarr"),
+            runs_dir=str(tmp_path / "runs"),
+            **{**FAST, "retries": 2},
+        )
+    )
+    assert reports["room_2"]["status"] == "written"
+    assert calls.count("room_2") == 2  # failed once, retried once
+    assert reports["bad"]["status"] == "failed" and "'frames' is empty" in reports["bad"]["reason"]
+    assert calls.count("bad") == 1  # a ValueError is not retried
+
+
+def test_dask_runner_builds_the_same_store(prefect_api, scene_root, shared_runs, tmp_path):
+    from flows.build_dataset import build_dataset
+    from grid_store import GridStore
+
+    scenes = str(scene_root / "room_[01]")
+    threads = build_dataset(
+        scenes=scenes, store=str(tmp_path / "a.zarr"), runs_dir=str(shared_runs), **FAST
+    )
+    on_dask = build_dataset(
+        scenes=scenes,
+        store=str(tmp_path / "b.zarr"),
+        runs_dir=str(tmp_path / "runs_b"),
+        local_dask_workers=2,
+        dask_processes=False,
+        **FAST,
+    )
+    assert [r["status"] for r in on_dask] == ["written", "written"]
+    a, b = GridStore(tmp_path / "a.zarr", mode="r"), GridStore(tmp_path / "b.zarr", mode="r")
+    assert a.list_scenes() == b.list_scenes() == ["room_0", "room_1"]
+    assert [r["config_hash"] for r in threads] == [r["config_hash"] for r in on_dask]
+    for sid in a.list_scenes():
+        ga, gb = a.read_grid(sid), b.read_grid(sid)
+        np.testing.assert_array_equal(ga.rgba, gb.rgba)
+        np.testing.assert_array_equal(ga.bbox_min, gb.bbox_min)
+
+
+@pytest.mark.slow
+def test_pipeline_flow_synthesizes_builds_and_pretrains(prefect_api, tmp_path):
+    from prefect.artifacts import Artifact
+
+    from flows.end_to_end import nerfmae_pipeline
+    from flows.pretrain import PRETRAIN_ARTIFACT_KEY
+
+    summary = nerfmae_pipeline(
+        store=str(tmp_path / "grids.zarr"),
+        work_dir=str(tmp_path / "work"),
+        synthetic_scenes=2,
+        synthetic_views=8,
+        synthetic_image_size=16,
+        nerf=NERF,
+        resolution=RES,
+        max_parallel=1,
+        pretraining={
+            "preset": "tiny",
+            "epochs": 2,
+            "batch_size": 1,
+            "resolution": 32,
+            "options": {"num_workers": 0, "device": "cpu", "val_fraction": 0.5, "max_steps": 2},
+        },
+    )
+    assert [r["status"] for r in summary["scenes"]] == ["written", "written"]
+    assert (tmp_path / "work" / "scenes" / "synth_0001" / "transforms.json").is_file()
+    mae = summary["pretrain"]
+    assert mae["steps"] == 2 and np.isfinite(mae["train_loss"]) and np.isfinite(mae["val_psnr"])
+    assert Path(mae["recon_png"]).is_file()
+    assert Path(mae["run_dir"]).parent == (tmp_path / "work" / "mae")
+    markdown = Artifact.get(PRETRAIN_ARTIFACT_KEY).data
+    assert Path(mae["recon_png"]).parent.as_uri() in markdown
+    assert f"{mae['val_psnr']:.4g}" in markdown
+
+
+@pytest.mark.slow
+def test_pretrain_flow_runs_torchrun_for_several_processes(prefect_api, scene_root, tmp_path):
+    from flows.pretrain import pretrain_mae
+    from grid_store import GridStore, RadianceGrid
+
+    store = GridStore(tmp_path / "grids.zarr", mode="a")
+    for scene in sorted(scene_root.iterdir()):  # the exact grids: no NeRF needed here
+        store.write_grid(scene.name, RadianceGrid.load_npz(scene / "ground_truth" / "grid.npz"))
+    state = pretrain_mae(
+        store=store.url,
+        out_dir=str(tmp_path / "mae"),
+        preset="tiny",
+        epochs=1,
+        batch_size=2,
+        resolution=32,
+        nproc_per_node=2,
+        options={"num_workers": 0, "device": "cpu", "val_fraction": 0.25},
+        return_state=True,
+    )
+    summary = state.result()
+    assert summary["world_size"] == 2 and summary["steps"] == 1
+    assert summary["train_scenes"] == 2 and summary["val_scenes"] == 1
+    assert json.loads((tmp_path / "mae" / "metrics.json").read_text()) == summary
+    art = run_artifact(state, "markdown")
+    assert "| val PSNR (dB) |" in art.data
+    assert Path(summary["recon_png"]).parent.as_uri() in art.data
+
+
+@pytest.mark.slow
+def test_killed_flow_rerun_finishes_only_missing_scenes(prefect_api, scene_root, tmp_path):
+    from grid_store import GridStore
+
+    store = tmp_path / "grids.zarr"
+    nerf = {**NERF, "max_steps": 60}  # seconds per scene: time to SIGKILL between two
+    command = [
+        sys.executable,
+        str(REPO / "flows" / "build_dataset.py"),
+        "--scenes",
+        str(scene_root),
+        "--store",
+        str(store),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--resolution",
+        str(RES),
+        "--max-parallel",
+        "1",
+        "--retries",
+        "0",
+        *[f"--nerf-option={k}={json.dumps(v)}" for k, v in nerf.items()],
+    ]
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_LOGGING_LEVEL": "WARNING"}
+    proc = subprocess.Popen(
+        command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 120
+        done: list[str] = []
+        while time.monotonic() < deadline and proc.poll() is None:
+            done = (
+                GridStore(store, mode="r").list_scenes() if (store / "zarr.json").exists() else []
+            )
+            if done:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, (
+            f"the flow ended before it could be killed:\n{proc.stdout.read().decode()}"
+        )
+        assert done, "no scene reached the store in time"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    before = GridStore(store, mode="r").list_scenes()
+    assert 1 <= len(before) < 3
+
+    rerun = subprocess.run(
+        command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240
+    )
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    reports = by_id(
+        [json.loads(line) for line in rerun.stdout.splitlines() if line.startswith("{")]
+    )
+    assert set(reports) == {"room_0", "room_1", "room_2"}
+    for sid, r in reports.items():
+        assert r["status"] == ("cached" if sid in before else "written"), (sid, r)
+    assert GridStore(store, mode="r").list_scenes() == ["room_0", "room_1", "room_2"]
