@@ -32,4 +32,4 @@ lint: setup
 	$(PY) -m ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache data/demo
+	rm -rf $(VENV) .pytest_cache .ruff_cache data
