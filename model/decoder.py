@@ -5,12 +5,14 @@ with a residual block; ``decoder1`` upsamples by the patch size to full resoluti
 skip; a 1x1x1 conv maps to the output channels. Blocks follow MONAI's ``UnetResBlock`` as the
 NeRF-MAE reference uses it (InstanceNorm without affine parameters, LeakyReLU 0.01).
 
-Two exact rewrites for the CPU path (a test compares them with the plain layers):
+Three exact rewrites for the CPU path (tests compare them with the plain layers):
 
 - activations and conv weights are ``channels_last_3d``, which routes every conv to oneDNN
   (its 3D backward is much faster there than the strided fallback);
 - a transposed conv whose kernel equals its stride is one matmul per token plus a reshuffle
-  (:func:`upsample_kernel_stride`) instead of PyTorch's slow transposed-conv kernel.
+  (:func:`upsample_kernel_stride`) instead of PyTorch's slow transposed-conv kernel;
+- instance norm runs as a one-channel-per-group GroupNorm (:class:`InstanceNorm3dCL`), whose
+  kernel reads ``channels_last_3d`` directly where ``instance_norm`` copies to and from it.
 """
 
 from __future__ import annotations
@@ -39,18 +41,35 @@ def upsample_kernel_stride(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return out.permute(0, 4, 1, 2, 3)
 
 
+class InstanceNorm3dCL(nn.InstanceNorm3d):
+    """``nn.InstanceNorm3d()`` (no affine, no running stats) computed by ``F.group_norm``.
+
+    With one group per channel GroupNorm is instance norm (same eps, biased variance); its CPU
+    kernel keeps ``channels_last_3d`` (about 25% off the full-resolution block's fwd+bwd), while
+    ``instance_norm`` reshapes through ``batch_norm`` with a copy each way. No parameters or
+    buffers, so state dicts are those of ``nn.InstanceNorm3d``.
+    """
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__(num_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, C, D, H, W)`` -> same shape and memory format."""
+        return F.group_norm(x, x.shape[1], eps=self.eps)
+
+
 class UnetResBlock(nn.Module):
     """conv3-IN-LReLU-conv3-IN, plus the input (1x1 conv + IN when channels change), LReLU."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv3d(in_channels, out_channels, 3, padding=1)
-        self.norm1 = nn.InstanceNorm3d(out_channels)
+        self.norm1 = InstanceNorm3dCL(out_channels)
         self.conv2 = nn.Conv3d(out_channels, out_channels, 3, padding=1)
-        self.norm2 = nn.InstanceNorm3d(out_channels)
+        self.norm2 = InstanceNorm3dCL(out_channels)
         self.act = nn.LeakyReLU(0.01)
         self.residual: nn.Module = (
-            nn.Sequential(nn.Conv3d(in_channels, out_channels, 1), nn.InstanceNorm3d(out_channels))
+            nn.Sequential(nn.Conv3d(in_channels, out_channels, 1), InstanceNorm3dCL(out_channels))
             if in_channels != out_channels
             else nn.Identity()
         )
@@ -59,7 +78,8 @@ class UnetResBlock(nn.Module):
         """``(B, Cin, D, H, W)`` -> ``(B, Cout, D, H, W)``."""
         out = F.leaky_relu(self.norm1(self.conv1(x)), 0.01, inplace=True)
         out = self.norm2(self.conv2(out))
-        return F.leaky_relu(out + self.residual(x), 0.01, inplace=True)
+        out += self.residual(x)  # group norm's backward does not need its output
+        return F.leaky_relu(out, 0.01, inplace=True)
 
 
 class UpBlock(nn.Module):
