@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -41,6 +42,7 @@ def main() -> None:
         args.budget, args.marks = 30.0, [15, 30]
     marks = sorted(m for m in args.marks if m <= args.budget) or [args.budget]
 
+    load_before = os.getloadavg()  # the machine is shared: record how busy it was
     scene = load_scene(args.scene)
     config = TrainerConfig(
         max_steps=None,
@@ -84,6 +86,8 @@ def main() -> None:
         f"final full held-out views: PSNR {final['psnr_holdout']:.2f} dB, "
         f"SSIM {final['ssim_holdout']:.3f} ({final['n_holdout_views']} views)"
     )
+    load_after = os.getloadavg()
+    print(f"load average (1/5/15 min) before {load_before}, after {load_after}")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = {
@@ -95,6 +99,8 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "field": str(trainer.field_config),
         "machine": platform.processor() or "cpu",
+        "load_average_before": load_before,
+        "load_average_after": load_after,
     }
     args.out.write_text(json.dumps(result, indent=2))
     import matplotlib

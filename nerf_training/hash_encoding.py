@@ -127,35 +127,58 @@ def spatial_hash(coords: torch.Tensor) -> torch.Tensor:
     return h & _UINT32_MASK
 
 
-class _InterpolateTable(torch.autograd.Function):
-    """``out[n, g] = sum_c w[n, g, c] * table[idx[n, g, c]]`` with a histogram backward.
+_ROW_DTYPES = {4: torch.float32, 8: torch.float64, 16: torch.complex128}
+"""One dtype as wide as a whole table row, by row size in bytes."""
 
-    The table gradient is a weighted histogram of the corner indices, one ``bincount`` per
-    feature: on CPU this is several times faster than autograd's ``index_select`` backward
-    (which materialises ``(N*G*8, F)`` rows and scatters them one row at a time).
+
+def _gather_rows(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``table[idx]`` for ``(E, F)`` rows and ``(M,)`` indices -> ``(M, F)``.
+
+    Where a row is 4, 8 or 16 bytes (F = 1, 2, 4 in float32), the table is viewed as a 1-D
+    tensor of one element per row: CPU ``index_select`` then copies one element per index
+    instead of looping over the row's features, about 1.8x faster for F = 4.
+    """
+    row_dtype = _ROW_DTYPES.get(table.shape[1] * table.element_size())
+    if row_dtype is None or not table.is_contiguous():
+        return table.index_select(0, idx)
+    rows = table.view(row_dtype).view(-1)  # (E,) one element per row
+    return rows.index_select(0, idx).view(table.dtype).view(-1, table.shape[1])
+
+
+class _InterpolateTable(torch.autograd.Function):
+    """``out[g, n] = sum_c w[g, c, n] * table[idx[g, c, n]]`` with a histogram backward.
+
+    Level-major layout: the point axis ``N`` is innermost everywhere, so every elementwise
+    op runs over long contiguous rows (with ``(N, G, 8)`` the innermost broadcast axes have
+    length 2 and CPU kernels cannot vectorise). The table gradient is a weighted histogram
+    of the corner indices, one ``bincount`` per feature: on CPU several times faster than
+    autograd's ``index_select`` backward (which scatters ``(G*8*N, F)`` rows one at a time).
     """
 
     @staticmethod
-    def forward(ctx, table, idx, weights):  # table (E, F), idx (N, G, 8), weights (N, G, 8)
-        n, g, c = idx.shape
-        corner_features = table.index_select(0, idx.reshape(-1)).view(n * g, c, -1)
-        out = torch.bmm(weights.reshape(n * g, 1, c), corner_features).view(n, g, -1)
+    def forward(ctx, table, idx, weights):  # table (E, F), idx (G, 8, N), weights (G, 8, N)
+        g, c, n = idx.shape
+        corners = _gather_rows(table, idx.reshape(-1)).view(g, c, n, -1)  # (G, 8, N, F)
+        out = corners[:, 0] * weights[:, 0, :, None]
+        for k in range(1, c):
+            out.addcmul_(corners[:, k], weights[:, k, :, None])
         ctx.save_for_backward(idx, weights)
         ctx.n_entries = table.shape[0]
-        return out  # (N, G, F)
+        return out  # (G, N, F)
 
     @staticmethod
-    def backward(ctx, grad_out):  # grad_out (N, G, F)
+    def backward(ctx, grad_out):  # grad_out (G, N, F)
         idx, weights = ctx.saved_tensors
         flat_idx = idx.reshape(-1)
+        grad_by_feature = grad_out.permute(2, 0, 1).contiguous()  # (F, G, N)
         grad_table = torch.stack(
             [
                 torch.bincount(
                     flat_idx,
-                    weights=(weights * grad_out[..., f : f + 1]).reshape(-1),
+                    weights=(weights * grad_f[:, None, :]).reshape(-1),
                     minlength=ctx.n_entries,
                 )
-                for f in range(grad_out.shape[-1])
+                for grad_f in grad_by_feature
             ],
             dim=-1,
         )  # (E, F)
@@ -174,7 +197,6 @@ class TorchHashEncoding(nn.Module):
         nn.init.uniform_(self.params, -1e-4, 1e-4)  # tcnn's initialisation
         self._register_level_group("dense", self.layout.dense)
         self._register_level_group("hashed", ~self.layout.dense)
-        self.register_buffer("_two", torch.arange(2, dtype=torch.int32), persistent=False)
         primes = torch.tensor(HASH_PRIMES, dtype=torch.int64)
         primes = torch.where(primes >= 2**31, primes - 2**32, primes).to(torch.int32)
         self.register_buffer("_primes", primes, persistent=False)
@@ -204,49 +226,55 @@ class TorchHashEncoding(nn.Module):
         """The parameters as ``(entries, F)`` rows (a view)."""
         return self.params.view(-1, self.config.n_features_per_level)
 
-    def _corner_weights(self, frac: torch.Tensor) -> torch.Tensor:
-        """``(N, G, 3)`` fractions -> ``(N, G, 8)`` trilinear weights (corner order x fastest)."""
-        w = torch.stack((1 - frac, frac), -1)  # (N, G, 3, 2): weight of the low/high corner
-        wyx = w[:, :, 1, :, None] * w[:, :, 0, None, :]  # (N, G, 2, 2)
-        return (w[:, :, 2, :, None, None] * wyx[:, :, None]).flatten(-3)  # (N, G, 8)
+    @staticmethod
+    def _corners(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Per-axis ``(G, N)`` low/high terms -> the three ``(G, 2, N)`` axis terms."""
+        return tuple(torch.stack((lo[:, a], hi[:, a]), dim=1) for a in range(3))
+
+    @staticmethod
+    def _combine(tx, ty, tz, op):
+        """``(G, 2, N)`` axis terms -> ``(G, 8, N)`` corner values (x fastest) via ``op``."""
+        g, _, n = tx.shape
+        tzy = op(tz.view(g, 2, 1, n), ty.view(g, 1, 2, n))  # (G, 2, 2, N)
+        return op(tzy.view(g, 4, 1, n), tx.view(g, 1, 2, n)).view(g, 8, n)
 
     def level_indices(self, x: torch.Tensor, which: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Flat-table corner indices ``(N, G, 8)`` int32 and weights ``(N, G, 8)``.
+        """Flat-table corner indices ``(G, 8, N)`` int32 and trilinear weights ``(G, 8, N)``.
 
-        ``which`` is the level group, ``"dense"`` or ``"hashed"``. Corners are ordered with x
-        fastest. Each axis contributes a ``(N, G, 2)`` term (its low and high corner) and the
-        8 corners are formed by broadcasting those terms, so the full-size ``(N, G, 8)`` work
-        is two integer ops; offsets and masks are folded into the small per-axis terms.
+        ``x``: ``(3, N)`` points in [0, 1] (coordinate-major). ``which`` is the level group,
+        ``"dense"`` or ``"hashed"``. Corners are ordered with x fastest. Each axis contributes
+        a ``(G, 2, N)`` term (its low and high corner) and the 8 corners are formed by
+        broadcasting those terms; offsets and masks are folded into the small per-axis terms.
         """
         scales = getattr(self, f"{which}_scales")
-        pos = x.unsqueeze(1) * scales.view(1, -1, 1) + 0.5  # (N, G, 3), all >= 0.5
-        base = pos.int()  # truncation == floor for positive positions
-        frac = pos - base  # (N, G, 3)
-        b = base.unsqueeze(-1) + self._two  # (N, G, 3, 2) low and high corner per axis
+        pos = x.unsqueeze(0) * scales.view(-1, 1, 1) + 0.5  # (G, 3, N), all >= 0.5
+        lo = pos.int()  # truncation == floor for positive positions
+        frac = pos - lo  # (G, 3, N)
+        hi = lo + 1
+        wx, wy, wz = self._corners(1 - frac, frac)
+        weights = self._combine(wx, wy, wz, torch.mul)  # (G, 8, N)
         if which == "dense":
-            res = self.dense_res.view(1, -1, 1)
-            ix = b[:, :, 0] + self.dense_offsets.view(1, -1, 1)
-            iy, iz = b[:, :, 1] * res, b[:, :, 2] * (res * res)  # (N, G, 2)
-            iyx = iy[..., :, None] + ix[..., None, :]  # (N, G, 2, 2)
-            idx = (iz[..., :, None, None] + iyx[..., None, :, :]).flatten(-3)
+            res = self.dense_res.view(-1, 1, 1)
+            offsets = self.dense_offsets.view(-1, 1, 1)
+            ix, iy, iz = self._corners(lo, hi)  # (G, 2, N) each
+            idx = self._combine(ix + offsets, iy * res, iz * (res * res), torch.add)
             # The half-vertex offset can reach vertex ``res`` (tcnn wraps it around).
-            sizes, offsets = self.dense_sizes.view(1, -1, 1), self.dense_offsets.view(1, -1, 1)
+            sizes = self.dense_sizes.view(-1, 1, 1)
             idx = torch.where(idx >= offsets + sizes, idx - sizes, idx)
         else:
             # int32 products wrap exactly like tcnn's uint32 ones; the table size is a power
             # of two, so masking each axis term first equals masking the XOR; the level
             # offsets (multiples of T past the dense block) are then OR-ed in as one more XOR.
             mask = (1 << self.config.log2_hashmap_size) - 1
-            primes = self._primes.view(1, 1, 3, 1)
-            h = (b * primes) & mask  # (N, G, 3, 2)
-            hx = h[:, :, 0] ^ self.hashed_offsets.view(1, -1, 1)
-            hyx = h[:, :, 1, :, None] ^ hx[..., None, :]  # (N, G, 2, 2)
-            idx = (h[:, :, 2, :, None, None] ^ hyx[:, :, None]).flatten(-3)
-        return idx, self._corner_weights(frac)
+            primes = self._primes.view(1, 3, 1)
+            hx, hy, hz = self._corners((lo * primes) & mask, (hi * primes) & mask)
+            hx = hx ^ self.hashed_offsets.view(-1, 1, 1)
+            idx = self._combine(hx, hy, hz, torch.bitwise_xor)
+        return idx, weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, 3)`` points in [0, 1] -> ``(N, L * F)`` features, level-major like tcnn."""
-        x = x.float()
+        xt = x.float().t().contiguous()  # (3, N)
         table = self.table()  # (E, F)
         n_dense = int(self.dense_levels.numel())
         first_hashed = int(self.layout.offsets[n_dense]) if n_dense < self.config.n_levels else 0
@@ -255,10 +283,10 @@ class TorchHashEncoding(nn.Module):
             if getattr(self, f"{which}_levels").numel() == 0:
                 continue
             with torch.no_grad():
-                idx, weights = self.level_indices(x, which)
-            parts.append(_InterpolateTable.apply(rows, idx, weights))  # (N, G, F)
-        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        return out.reshape(x.shape[0], -1)
+                idx, weights = self.level_indices(xt, which)
+            parts.append(_InterpolateTable.apply(rows, idx, weights))  # (G, N, F)
+        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)  # (L, N, F)
+        return out.permute(1, 0, 2).reshape(x.shape[0], -1)
 
 
 def tcnn_available() -> bool:

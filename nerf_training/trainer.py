@@ -67,8 +67,20 @@ class TrainerConfig:
     """Rays in the first batch (adapted every step to hit ``target_samples``)."""
     max_rays: int = 1 << 16
     """Upper bound on rays per batch."""
-    samples_per_diagonal: int = 512
-    """Render step = box diagonal / this (the step used on every ray)."""
+    samples_per_diagonal: int | None = None
+    """Training render step = box diagonal / this (the step used on every ray); None: 512
+    on CUDA, 128 on CPU (on CPU a coarse step buys 4x the rays per batch: +1.2 dB after 2
+    minutes on lego_200 against 256, +3 dB against 512)."""
+    eval_samples_per_diagonal: int | None = None
+    """Evaluation render step = box diagonal / this; None: the training one, but at least
+    512 on CUDA and 256 on CPU (a field trained with a coarse step renders ~0.3 dB better
+    with a finer one)."""
+    occupancy_samples_per_diagonal: int = 512
+    """The occupancy grid thresholds density x (box diagonal / this), not the training render
+    step: with a coarse one (diagonal / 256 or coarser) an untrained field's density of ~1
+    is above the threshold and every cell stays occupied (lego_200: 100% occupied after a
+    minute of CPU training, -3 dB at two minutes). 1024 (Instant-NGP's minimum step) does as
+    well on lego but culls still-faint surfaces of small scenes early."""
     early_stop_eps: float = 1e-4
     """Drop samples once transmittance falls below this."""
     alpha_thre: float = 0.0
@@ -191,7 +203,13 @@ class NerfTrainer:
             resolution=128 if self.device.type == "cuda" else 64
         )
         self.grid = OccupancyGrid(aabb, grid_config).to(self.device)
-        self.step_size = float(torch.linalg.norm(aabb[1] - aabb[0])) / config.samples_per_diagonal
+        diagonal = float(torch.linalg.norm(aabb[1] - aabb[0]))
+        cuda = self.device.type == "cuda"
+        train_spd = config.samples_per_diagonal or (512 if cuda else 128)
+        eval_spd = config.eval_samples_per_diagonal or max(train_spd, 512 if cuda else 256)
+        self.step_size = diagonal / train_spd
+        self.eval_step_size = diagonal / eval_spd
+        self.occupancy_step = diagonal / config.occupancy_samples_per_diagonal
         self.optimizer = torch.optim.Adam(
             [
                 {"params": [self.field.encoding.params], "weight_decay": 0.0},
@@ -318,7 +336,7 @@ class NerfTrainer:
                 origins,
                 dirs,
                 self.field.aabb,
-                self.step_size,
+                self.step_size if train else self.eval_step_size,
                 grid=self.grid,
                 stratified=train,
                 sigma_fn=sigma_fn,
@@ -330,7 +348,8 @@ class NerfTrainer:
 
     def train_step(self) -> dict:
         """One optimiser step; returns loss, rays, samples and whether it diverged."""
-        self.grid.update(self.step, self.field.density, self.step_size)
+        if self.step > 0:  # an untrained field's density is noise: it would cull at random
+            self.grid.update(self.step, self.field.density, self.occupancy_step)
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate()
         origins, dirs, target, background = self._sample_batch(self.n_rays)
