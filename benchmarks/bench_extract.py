@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from grid_store.grid import grid_points, grid_shape_for_box  # noqa: E402
 from pipeline.directions import fibonacci_directions  # noqa: E402
 from pipeline.extract import extract_grid  # noqa: E402
+from pipeline.field import GeometryRadianceField  # noqa: E402
 
 
 def load_field(run: str | None):
@@ -93,9 +94,16 @@ def time_bare(field, resolution: int, n_dirs: int, chunk: int) -> float:
     with torch.inference_mode():
         for s in range(0, len(points), chunk):
             x = points[s : s + chunk]
-            field.density(x)
-            for d in dirs:
-                field.color(x, d.expand(len(x), 3))
+            # The same calls extraction makes: one encoding per point where the field
+            # offers the geometry split, else density + colour per direction.
+            if isinstance(field, GeometryRadianceField):
+                _, geometry = field.density_and_geometry(x)
+                for d in dirs:
+                    field.color_from_geometry(geometry, d.expand(len(x), 3))
+            else:
+                field.density(x)
+                for d in dirs:
+                    field.color(x, d.expand(len(x), 3))
     return time.perf_counter() - start
 
 

@@ -120,16 +120,21 @@ class RadianceGrid:
                 f"rgba: expected 4 channels (R, G, B, A) first, got shape {rgba.shape}"
             )
         if min(rgba.shape[1:]) < 2:
-            raise GridValidationError(f"rgba: every spatial side needs >= 2 samples, got {rgba.shape}")
+            raise GridValidationError(
+                f"rgba: every spatial side needs >= 2 samples, got {rgba.shape}"
+            )
         finite = np.isfinite(rgba)
         if not finite.all():
             bad = np.argwhere(~finite)[0]
             raise GridValidationError(
-                f"rgba: non-finite value (NaN/Inf) in channel {RGBA_CHANNELS[bad[0]]} at {tuple(bad[1:])}"
+                f"rgba: non-finite value (NaN/Inf) in channel {RGBA_CHANNELS[bad[0]]} "
+                f"at {tuple(bad[1:])}"
             )
         lo, hi = float(rgba.min()), float(rgba.max())
         if lo < -_RANGE_SLACK or hi > 1 + _RANGE_SLACK:
-            ch = int(np.argmax([(c.min() < -_RANGE_SLACK) | (c.max() > 1 + _RANGE_SLACK) for c in rgba]))
+            ch = int(
+                np.argmax([(c.min() < -_RANGE_SLACK) | (c.max() > 1 + _RANGE_SLACK) for c in rgba])
+            )
             raise GridValidationError(
                 f"rgba: channel {RGBA_CHANNELS[ch]} outside [0, 1] (min {lo:.4g}, max {hi:.4g})"
             )
@@ -185,7 +190,8 @@ class RadianceGrid:
                 labels.size and not np.issubdtype(labels.dtype, np.integer)
             ):
                 raise GridValidationError(
-                    f"box_labels: expected ({boxes.shape[0]},) integers, got {labels.shape} {labels.dtype}"
+                    f"box_labels: expected ({boxes.shape[0]},) integers, "
+                    f"got {labels.shape} {labels.dtype}"
                 )
             labels = labels.astype(np.int64)
             for v in (boxes, labels):
@@ -232,9 +238,15 @@ class RadianceGrid:
     def replace(self, **changes: Any) -> RadianceGrid:
         """A new grid with some fields changed (validated again)."""
         fields = dict(
-            rgba=self.rgba, bbox_min=self.bbox_min, bbox_max=self.bbox_max,
-            voxel_size=self.voxel_size, delta=self.delta, semantic=self.semantic,
-            boxes=self.boxes, box_labels=self.box_labels, meta=dict(self.meta),
+            rgba=self.rgba,
+            bbox_min=self.bbox_min,
+            bbox_max=self.bbox_max,
+            voxel_size=self.voxel_size,
+            delta=self.delta,
+            semantic=self.semantic,
+            boxes=self.boxes,
+            box_labels=self.box_labels,
+            meta=dict(self.meta),
         )
         fields.update(changes)
         return RadianceGrid(**fields)
@@ -274,13 +286,19 @@ class RadianceGrid:
         except Exception as exc:
             raise GridValidationError(f"{path}: not a readable .npz file ({exc})") from exc
         with data:
-            missing = [k for k in ("rgba", "bbox_min", "bbox_max", "voxel_size", "delta") if k not in data]
+            missing = [
+                k for k in ("rgba", "bbox_min", "bbox_max", "voxel_size", "delta") if k not in data
+            ]
             if missing:
-                raise GridValidationError(f"{path}: missing key(s) {missing}; keys are {list(data.keys())}")
+                raise GridValidationError(
+                    f"{path}: missing key(s) {missing}; keys are {list(data.keys())}"
+                )
             try:
                 meta = json.loads(str(data["meta"])) if "meta" in data else {}
             except json.JSONDecodeError as exc:
-                raise GridValidationError(f"{path}: field 'meta' is not valid JSON ({exc})") from exc
+                raise GridValidationError(
+                    f"{path}: field 'meta' is not valid JSON ({exc})"
+                ) from exc
             try:
                 return cls(
                     rgba=data["rgba"],

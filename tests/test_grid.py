@@ -50,8 +50,15 @@ def test_npz_round_trip_with_labels(tmp_path):
     assert back.meta["schema_version"] == 1
     with np.load(path) as raw:
         assert set(raw.files) == {
-            "rgba", "bbox_min", "bbox_max", "voxel_size", "delta", "meta",
-            "semantic", "boxes", "box_labels",
+            "rgba",
+            "bbox_min",
+            "bbox_max",
+            "voxel_size",
+            "delta",
+            "meta",
+            "semantic",
+            "boxes",
+            "box_labels",
         }
         assert json.loads(str(raw["meta"]))["source"] == "test"
     assert not list(tmp_path.glob("sub/.*tmp")), "temp file left behind"
@@ -102,8 +109,13 @@ def test_sample_positions_are_corner_aligned():
     ],
 )
 def test_validation_errors(kw, fragment):
-    with pytest.raises(GridValidationError, match=fragment.replace("(", r"\(").replace(")", r"\)")
-                       .replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(
+        GridValidationError,
+        match=fragment.replace("(", r"\(")
+        .replace(")", r"\)")
+        .replace("[", r"\[")
+        .replace("]", r"\]"),
+    ):
         make_grid(**kw)
 
 
@@ -143,5 +155,6 @@ def test_grid_shape_for_box_keeps_aspect_ratio():
 def test_grid_points_and_alpha_hand_values():
     pts = grid_points(np.array([1.0, 2.0, 3.0]), 0.25, (2, 3, 2))
     np.testing.assert_allclose(pts[1, 2, 1], [1.25, 2.5, 3.25])
-    np.testing.assert_allclose(alpha_from_density(np.array([0.0, np.log(2) / 0.5, -3.0]), 0.5),
-                               [0.0, 0.5, 0.0])
+    np.testing.assert_allclose(
+        alpha_from_density(np.array([0.0, np.log(2) / 0.5, -3.0]), 0.5), [0.0, 0.5, 0.0]
+    )
