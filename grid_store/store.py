@@ -5,7 +5,7 @@ Layout::
     <url>/zarr.json                     attrs {"format": "nerf-mae-grids", "schema_version": 1}
     <url>/scenes/<scene_id>/zarr.json   attrs: grid metadata, then "complete": true (written last)
     <url>/scenes/<scene_id>/rgba        (4, X, Y, Z) float16, chunks (4, 32, 32, 32), zstd
-                                        (Blosc zstd level 9 with byte shuffle, see ZSTD_LEVEL)
+                                        (Blosc zstd level 5 with byte shuffle, see BLOSC_ZSTD)
     <url>/scenes/<scene_id>/semantic    optional (X, Y, Z) uint8
     <url>/scenes/<scene_id>/boxes       optional (N, 7) float32, with box_labels (N,) int64
 
@@ -49,10 +49,8 @@ CHUNK_EDGE = 32
 # zstd inside Blosc with byte shuffle: shuffling puts the float16 high bytes (sign,
 # exponent) together, which zstd then squeezes. Measured on synthetic 160^3 rooms
 # (benchmarks/bench_store.py): plain zstd-3 0.43 of raw float16, Blosc-zstd-5+shuffle
-# 0.34 and 4x faster to decode. Level 9 is another ~7% smaller and decodes as fast; it
-# writes a 160^3 grid in ~3 s instead of ~0.2 s, which is noise next to the minutes of
-# NeRF training behind every grid, while every epoch of pretraining reads it again.
-ZSTD_LEVEL = 9
+# 0.34, and 4x faster to decode. Level 7+ saves ~2% more for 4x the write time.
+ZSTD_LEVEL = 5
 
 
 def _compressor() -> zarr.codecs.BloscCodec:
