@@ -33,6 +33,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -270,6 +271,7 @@ def sample_field(
     # three broadcasts of the axis tables, without per-sample index arithmetic.
     rows_per_chunk = max(1, chunk_points // Z)
     row_starts = range(0, X * Y, rows_per_chunk)
+    evaluate = _point_evaluator(field)
     with torch.inference_mode():
         for r0 in tqdm(
             row_starts, desc="extract", unit="chunk", disable=not progress or len(row_starts) < 8
@@ -277,16 +279,7 @@ def sample_field(
             r1 = min(r0 + rows_per_chunk, X * Y)
             x = _rows_points(axes, r0, r1, Y)  # (n, 3) float32, n = (r1 - r0) * Z
             span = slice(r0 * Z, r1 * Z)
-            if isinstance(field, GeometryRadianceField):
-                sigma, geometry = field.density_and_geometry(x)
-
-                def color_at(d, geometry=geometry):
-                    return field.color_from_geometry(geometry, d)
-            else:
-                sigma = field.density(x)
-
-                def color_at(d, x=x):
-                    return field.color(x, d)
+            sigma, color_at = evaluate(x)
             sigma = sigma.reshape(-1).float()  # (n,)
             out_t[3, span] = torch.expm1(sigma.clamp_min(0.0) * -delta).neg_().cpu()
             if dirs is None:
@@ -297,6 +290,26 @@ def sample_field(
             # Not in place: the field's output may be a view of something it owns.
             out_t[:3, span] = (rgb / dirs.count).clamp_(0.0, 1.0).T.cpu()
     return out.reshape(4, X, Y, Z)
+
+
+def _point_evaluator(field: RadianceField) -> Callable:
+    """``x (n, 3) -> (sigma (n,), color_at(d (n, 3)) -> (n, 3))`` for one chunk of points.
+
+    A field with the geometry split is encoded once per point and only its colour head
+    runs per direction; any other field is queried per direction.
+    """
+    if isinstance(field, GeometryRadianceField):
+
+        def evaluate_split(x: torch.Tensor):
+            sigma, geometry = field.density_and_geometry(x)
+            return sigma, lambda d: field.color_from_geometry(geometry, d)
+
+        return evaluate_split
+
+    def evaluate(x: torch.Tensor):
+        return field.density(x), lambda d: field.color(x, d)
+
+    return evaluate
 
 
 def config_hash(cfg: ExtractConfig, nerf_config: Any = None) -> str:
