@@ -91,30 +91,32 @@ def read_window_into(
     buffers = sync(fetch_all())
     decoded = np.empty(chunk, dtype=np.float16)
     decoded_t = torch.from_numpy(decoded)  # (C, cx, cy, cz), shares memory with `decoded`
-    with _single_threaded_torch():
+    with _single_threaded_decoding():
         for origin, buffer in zip(origins, buffers, strict=True):
             _place_chunk(origin, buffer, window, flips, decoded, decoded_t, out)
 
 
 @contextlib.contextmanager
-def _single_threaded_torch():
-    """Intra-op threads off for a loop of chunk-sized copies.
+def _single_threaded_decoding():
+    """Intra-op threads of torch and Blosc off for a loop of chunk-sized work.
 
     Each copy is ~128k elements, just above torch's parallel grain: with 2+ threads the
     fork/join costs more than the copy, and on a busy machine a descheduled thread
-    stalls every copy (measured: 0.9 s vs 0.004 s CPU for a grid's 125 chunks). The
-    setting is process-wide, so it is restored at once; DataLoader workers run with
-    one thread anyway.
+    stalls every copy (measured: 0.9 s vs 0.004 s CPU for a grid's 125 chunks). Blosc's
+    own threads, which it uses from a process's main thread, cost DataLoader workers
+    ~10 % of their throughput the same way (benchmarks/bench_loader.py: parallelism
+    comes from the workers). Both settings are process-wide, so they are restored at once.
     """
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
+    threads, blosc_threads = torch.get_num_threads(), numcodecs.blosc.use_threads
+    numcodecs.blosc.use_threads = False
+    if threads > 1:
+        torch.set_num_threads(1)
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        numcodecs.blosc.use_threads = blosc_threads
+        if threads > 1:
+            torch.set_num_threads(threads)
 
 
 def _place_chunk(
