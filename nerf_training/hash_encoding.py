@@ -277,7 +277,8 @@ class TorchHashEncoding(nn.Module):
         xt = x.float().t().contiguous()  # (3, N)
         table = self.table()  # (E, F)
         n_dense = int(self.dense_levels.numel())
-        first_hashed = int(self.layout.offsets[n_dense]) if n_dense < self.config.n_levels else 0
+        all_dense = n_dense == self.config.n_levels
+        first_hashed = table.shape[0] if all_dense else int(self.layout.offsets[n_dense])
         parts = []  # dense levels are all coarser than hashed ones: concatenation keeps order
         for which, rows in (("dense", table[:first_hashed]), ("hashed", table[first_hashed:])):
             if getattr(self, f"{which}_levels").numel() == 0:

@@ -97,14 +97,22 @@ def naive_hash_encoding(enc: TorchHashEncoding, x: torch.Tensor) -> torch.Tensor
     return torch.cat(outs, dim=-1)
 
 
-@pytest.mark.parametrize("features", [2, 4])
-def test_vectorised_matches_naive_reference_values_and_gradients(features):
+@pytest.mark.parametrize(
+    ("features", "log2_table", "finest"),
+    [
+        (2, 10, 128),  # dense and hashed levels
+        (4, 10, 128),
+        (2, 17, 32),  # every level dense (a coarse grid for low-resolution images)
+        (2, 4, 64),  # every level hashed
+    ],
+)
+def test_vectorised_matches_naive_reference_values_and_gradients(features, log2_table, finest):
     config = HashEncodingConfig(
         n_levels=6,
         n_features_per_level=features,
-        log2_hashmap_size=10,
+        log2_hashmap_size=log2_table,
         base_resolution=4,
-        finest_resolution=128,
+        finest_resolution=finest,
     )
     enc = TorchHashEncoding(config)
     with torch.no_grad():
