@@ -11,6 +11,7 @@ Prints a table, writes JSON (``--out``) and a PNG curve beside it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from nerf_training.field import cpu_field_config
 from nerf_training.scene import load_scene
 from nerf_training.trainer import NerfTrainer, TrainerConfig
 
@@ -35,6 +37,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--check-rays", type=int, default=16384)
     parser.add_argument("--backend", default="auto")
+    parser.add_argument(
+        "--finest-resolution",
+        type=int,
+        default=None,
+        help="hash grid's finest level (default: the CPU preset's)",
+    )
     parser.add_argument("--quick", action="store_true", help="30 s smoke run")
     parser.add_argument("--out", type=Path, default=Path("bench_out/bench_nerf_lego.json"))
     args = parser.parse_args()
@@ -44,7 +52,15 @@ def main() -> None:
 
     load_before = os.getloadavg()  # the machine is shared: record how busy it was
     scene = load_scene(args.scene)
+    field = None
+    if args.finest_resolution is not None:
+        field = cpu_field_config()
+        field = dataclasses.replace(
+            field,
+            encoding=dataclasses.replace(field.encoding, finest_resolution=args.finest_resolution),
+        )
     config = TrainerConfig(
+        field=field,
         max_steps=None,
         time_budget_s=args.budget,
         num_threads=args.threads,

@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +22,24 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from nerf_training.field import FieldConfig, NGPField, cpu_field_config, resolve_backend
+from nerf_training.field import (
+    FieldConfig,
+    NGPField,
+    cpu_field_config,
+    pixel_matched_resolution,
+    resolve_backend,
+)
 from nerf_training.hash_encoding import HashEncodingConfig
 from nerf_training.occupancy import OccupancyGrid, OccupancyGridConfig
-from nerf_training.rendering import field_functions, march_rays, render_rays
+from nerf_training.rendering import (
+    RaySamples,
+    RenderedRays,
+    distortion_loss,
+    field_functions,
+    march_rays,
+    render_rays,
+)
+from nerf_training.scene import Scene
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +52,11 @@ class TrainerConfig:
     """The network; None picks Instant-NGP's on CUDA and ``cpu_field_config()`` on CPU."""
     backend: str = "auto"
     """Hash-grid backend: "auto", "tcnn" or "torch" (overrides ``field.backend``)."""
+    finest_resolution: int | None = None
+    """The field's finest hash-grid resolution (vertices per side over the box). None: for a
+    preset field, matched to the size of a training pixel in the scene
+    (``pixel_matched_resolution``: 256 for lego_200, 64 for 64x64 synthetic rooms), else
+    the field's own."""
     occupancy: OccupancyGridConfig | None = None
     """Empty-space-skipping grid; None: 128^3 on CUDA, 64^3 on CPU (a full 128^3 warm-up
     update costs more than a dozen CPU training steps; 64^3 costs under one)."""
@@ -85,6 +104,9 @@ class TrainerConfig:
     """Drop samples once transmittance falls below this."""
     alpha_thre: float = 0.0
     """Drop samples whose opacity is below this (0: keep all occupied samples)."""
+    distortion_weight: float = 0.0
+    """Weight of Mip-NeRF 360's distortion loss (distances in units of the box diagonal)
+    added to the photometric MSE; it removes semi-transparent floaters (0: off)."""
     check_every: int = 250
     """Steps between quick held-out PSNR checks (for ``target_psnr``; 0 disables)."""
     check_rays: int = 4096
@@ -136,14 +158,37 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_field_config(config: TrainerConfig, device: torch.device) -> FieldConfig:
-    """The field config actually trained: preset by device, backend from the trainer config."""
+def resolve_field_config(
+    config: TrainerConfig, device: torch.device, scene: Scene | None = None
+) -> FieldConfig:
+    """The field config actually trained: preset by device, backend from the trainer config.
+
+    The finest hash level is ``config.finest_resolution`` when set; for a preset (no
+    ``config.field``) it is otherwise matched to the training pixels of ``scene``
+    (:func:`pixel_matched_resolution`), never finer than the preset's own.
+    """
     base = config.field or (FieldConfig() if device.type == "cuda" else cpu_field_config())
     backend = config.backend if config.backend != "auto" else base.backend
     if backend == "tcnn" and device.type != "cuda":
         raise ValueError("backend 'tcnn' needs a CUDA device")
     backend = resolve_backend(backend) if device.type == "cuda" else "torch"
-    return FieldConfig(**{**asdict(base), "encoding": base.encoding, "backend": backend})
+    encoding = base.encoding
+    finest = config.finest_resolution
+    if finest is not None and finest <= encoding.base_resolution:
+        raise ValueError(
+            f"TrainerConfig.finest_resolution must exceed the base resolution "
+            f"{encoding.base_resolution}, got {finest}"
+        )
+    if finest is None and config.field is None and scene is not None:
+        matched = pixel_matched_resolution(
+            scene.aabb,
+            scene.camera_origins(scene.train_idx),
+            scene.cameras.fx[scene.train_idx],
+        )
+        finest = min(encoding.finest_resolution, max(matched, 2 * encoding.base_resolution))
+    if finest is not None:
+        encoding = replace(encoding, finest_resolution=finest)
+    return FieldConfig(**{**asdict(base), "encoding": encoding, "backend": backend})
 
 
 # ----------------------------------------------------------------------------- image metrics
@@ -196,14 +241,14 @@ class NerfTrainer:
             torch.set_num_threads(config.num_threads)
         torch.manual_seed(config.seed)
         self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
-        self.field_config = resolve_field_config(config, self.device)
+        self.field_config = resolve_field_config(config, self.device, scene)
         aabb = scene.aabb.to(self.device)
         self.field = NGPField(self.field_config, aabb).to(self.device)
         grid_config = config.occupancy or OccupancyGridConfig(
             resolution=128 if self.device.type == "cuda" else 64
         )
         self.grid = OccupancyGrid(aabb, grid_config).to(self.device)
-        diagonal = float(torch.linalg.norm(aabb[1] - aabb[0]))
+        self.diagonal = diagonal = float(torch.linalg.norm(aabb[1] - aabb[0]))
         cuda = self.device.type == "cuda"
         train_spd = config.samples_per_diagonal or (512 if cuda else 128)
         eval_spd = config.eval_samples_per_diagonal or max(train_spd, 512 if cuda else 256)
@@ -328,8 +373,8 @@ class NerfTrainer:
             amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
-    def render(self, origins, dirs, background, train: bool):
-        """Render rays ``(R, 3)`` -> rgb ``(R, 3)``, opacity ``(R,)``, number of samples."""
+    def render(self, origins, dirs, background, train: bool) -> tuple[RenderedRays, RaySamples]:
+        """Render rays ``(R, 3)``; returns the rendering and the packed samples behind it."""
         sigma_fn, rgb_sigma_fn = field_functions(self.field, origins, dirs)
         with self._autocast():
             samples = march_rays(
@@ -343,8 +388,8 @@ class NerfTrainer:
                 early_stop_eps=self.config.early_stop_eps,
                 alpha_thre=self.config.alpha_thre,
             )
-            rgb, opacity, _ = render_rays(rgb_sigma_fn, samples, len(origins), background)
-        return rgb.float(), opacity, len(samples)
+            rendered = render_rays(rgb_sigma_fn, samples, len(origins), background)
+        return rendered._replace(rgb=rendered.rgb.float()), samples
 
     def train_step(self) -> dict:
         """One optimiser step; returns loss, rays, samples and whether it diverged."""
@@ -353,8 +398,13 @@ class NerfTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate()
         origins, dirs, target, background = self._sample_batch(self.n_rays)
-        rgb, _, n_samples = self.render(origins, dirs, background, train=True)
-        loss = F.mse_loss(rgb, target)
+        rendered, samples = self.render(origins, dirs, background, train=True)
+        n_samples = len(samples)
+        loss = F.mse_loss(rendered.rgb, target)
+        if self.config.distortion_weight > 0:
+            loss = loss + self.config.distortion_weight * distortion_loss(
+                rendered.weights.float(), samples, len(origins), self.diagonal
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         finite = bool(torch.isfinite(loss)) and all(
@@ -480,9 +530,9 @@ class NerfTrainer:
         rgbs, opacities = [], []
         chunk = self.config.eval_chunk
         for o, d in zip(origins.split(chunk), dirs.split(chunk), strict=True):
-            rgb, opacity, _ = self.render(o, d, background, train=False)
-            rgbs.append(rgb)
-            opacities.append(opacity)
+            rendered, _ = self.render(o, d, background, train=False)
+            rgbs.append(rendered.rgb)
+            opacities.append(rendered.opacity)
         self.field.train(was_training)
         return torch.cat(rgbs).clamp(0, 1), torch.cat(opacities)
 

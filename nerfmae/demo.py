@@ -50,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         synthetic_views=args.views,
         synthetic_image_size=args.image_size,
         # Fewer samples per ray and per batch than the CPU defaults: more steps in a short
-        # budget, and a held-out evaluation that takes seconds, not a minute.
+        # budget, and a held-out evaluation that takes seconds, not a minute. A coarse hash
+        # grid suits a few small images of a room (see TrainerConfig.finest_resolution).
         nerf={
+            "finest_resolution": 64,
             "time_budget_s": args.nerf_seconds,
             "max_steps": None,
             "device": "cpu",

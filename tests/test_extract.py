@@ -425,6 +425,13 @@ def test_geometry_fast_path_equals_generic_path():
     assert isinstance(field, GeometryRadianceField)
     assert isinstance(generic, RadianceField) and not isinstance(generic, GeometryRadianceField)
     dirs = FixedDirections(fibonacci_directions(5))
-    kw = dict(bbox_min=np.array([-0.9, -0.8, -0.7]), voxel_size=0.15, shape=(9, 8, 7), delta=0.15,
-              dirs=dirs, chunk_points=100, progress=False)
+    kw = dict(
+        bbox_min=np.array([-0.9, -0.8, -0.7]),
+        voxel_size=0.15,
+        shape=(9, 8, 7),
+        delta=0.15,
+        dirs=dirs,
+        chunk_points=100,
+        progress=False,
+    )
     np.testing.assert_allclose(sample_field(field, **kw), sample_field(generic, **kw), atol=1e-6)

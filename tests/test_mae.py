@@ -193,7 +193,8 @@ def test_decoder_rewrites_equal_plain_layers():
         return block.block(up if skip is None else torch.cat([up, skip], dim=1))
 
     f1, f2, f3, f4 = (f.contiguous() for f in feats)
-    x = plain_up(decoder.decoder2, plain_up(decoder.decoder3, plain_up(decoder.decoder4, f4, f3),
-                                            f2), f1)
+    x = plain_up(
+        decoder.decoder2, plain_up(decoder.decoder3, plain_up(decoder.decoder4, f4, f3), f2), f1
+    )
     expected = decoder.out(plain_up(decoder.decoder1, x))
     torch.testing.assert_close(decoder(feats), expected, atol=1e-5, rtol=1e-5)

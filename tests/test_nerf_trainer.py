@@ -14,7 +14,8 @@ from PIL import Image
 from nerf_training import FieldConfig, HashEncodingConfig, TrainerConfig, load_run, train_nerf
 from nerf_training.occupancy import OccupancyGridConfig
 from nerf_training.scene import SceneLoadError, load_scene
-from nerf_training.trainer import NerfTrainer, ssim
+from nerf_training.field import pixel_matched_resolution
+from nerf_training.trainer import NerfTrainer, resolve_field_config, ssim
 
 SIZE, VIEWS, FOCAL = 32, 16, 24.0
 
@@ -125,6 +126,43 @@ def test_tiny_room_trains_to_psnr_floor_in_seconds(room):
     assert after >= 20.0 and after > before + 6.0, (before, after, trainer.step)
 
 
+def test_pixel_matched_resolution_hand_derived():
+    aabb = torch.tensor([[-2.0, -1.0, -1.0], [2.0, 1.0, 1.0]])  # longest side 4
+    focal = torch.full((3,), 32.0)
+    outside = torch.tensor([[8.0, 0.0, 0.0], [0.0, 8.0, 0.0], [0.0, 0.0, 9.0]])  # median 8
+    assert pixel_matched_resolution(aabb, outside, focal) == 16  # 4 * 32 / 8
+    inside = torch.zeros(3, 3)  # distance floored at half the side: 4 * 32 / 2
+    assert pixel_matched_resolution(aabb, inside, focal) == 64
+    # Rounded to the nearest power of two in log2: 90 -> 64, 91 -> 128.
+    assert pixel_matched_resolution(aabb, inside, torch.full((3,), 45.0)) == 64
+    assert pixel_matched_resolution(aabb, inside, torch.full((3,), 45.5)) == 128
+
+
+def test_preset_finest_level_follows_the_scene_unless_set(room):
+    scene = load_scene(room)  # box [-1.2, 1.2]^3, cameras near the centre, focal 24
+    cpu = torch.device("cpu")
+    matched = resolve_field_config(TrainerConfig(), cpu, scene).encoding.finest_resolution
+    assert matched == 64  # 2.4 * 24 / 1.2 = 48 -> 64 (log2 48 = 5.58 rounds up)
+    explicit = resolve_field_config(TrainerConfig(finest_resolution=96), cpu, scene)
+    assert explicit.encoding.finest_resolution == 96
+    own = resolve_field_config(TrainerConfig(field=TINY_FIELD), cpu, scene)
+    assert own.encoding.finest_resolution == TINY_FIELD.encoding.finest_resolution
+    with pytest.raises(ValueError, match="finest_resolution"):
+        resolve_field_config(TrainerConfig(finest_resolution=8), cpu, scene)
+
+
+def test_distortion_loss_is_added_to_the_photometric_loss(room):
+    scene = load_scene(room)
+    losses = {}
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        trainer = NerfTrainer(scene, tiny_config(distortion_weight=weight))
+        torch.manual_seed(1)  # the same rays and stratified samples for both
+        losses[weight] = trainer.train_step()["loss"]
+    # An untrained field spreads each ray's weight along it: a clearly positive term.
+    assert losses[1.0] > losses[0.0] + 1e-4, losses
+
+
 def test_checkpoint_round_trip_and_metrics(room, tmp_path):
     run = tmp_path / "run"
     metrics = train_nerf(room, run, tiny_config(max_steps=8))
@@ -209,10 +247,14 @@ def test_cli_writes_metrics_json(room, tmp_path, capsys):
             "torch",
             "--threads",
             "1",
+            "--finest-resolution",
+            "48",
             "--no-progress",
         ]
     )
     assert code == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["field"]["encoding"]["finest_resolution"] == 48
     metrics = json.loads((run / "metrics.json").read_text())
     assert {"psnr_holdout", "ssim_holdout", "steps", "seconds", "backend"} <= metrics.keys()
     assert metrics["steps"] == 3 and metrics["backend"] == "torch"

@@ -8,6 +8,8 @@ import torch
 
 from nerf_training.occupancy import OccupancyGrid, OccupancyGridConfig
 from nerf_training.rendering import (
+    RaySamples,
+    distortion_loss,
     exclusive_segment_cumsum,
     march_rays,
     ray_aabb_intersect,
@@ -70,10 +72,42 @@ def test_render_composites_background_and_depth():
         sigma = torch.where((ray_indices == 1) & (t_starts == 1.0), 1e4, 0.0)
         return torch.tensor([[1.0, 0.0, 0.0]]).expand(len(t_starts), 3), sigma
 
-    rgb, opacity, depth = render_rays(rgb_sigma_fn, samples, 2, torch.tensor([0.0, 0.0, 1.0]))
+    rgb, opacity, depth, _ = render_rays(rgb_sigma_fn, samples, 2, torch.tensor([0.0, 0.0, 1.0]))
     torch.testing.assert_close(rgb, torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]))
     torch.testing.assert_close(opacity, torch.tensor([0.0, 1.0]))
     torch.testing.assert_close(depth[1], torch.tensor(1.5))
+
+
+def test_distortion_loss_hand_derived_and_equal_to_the_double_sum():
+    # Ray 0: two unit intervals [0,1], [1,2] with weights 0.5, 0.5 (midpoints 0.5, 1.5).
+    # sum_ij w_i w_j |s_i - s_j| = 2 * 0.25 * 1 = 0.5; 1/3 sum w^2 d = (0.25 + 0.25) / 3.
+    # Ray 1: one interval [0, 2] with weight 1: 0 + 1/3 * 1 * 2.
+    samples = RaySamples(
+        torch.tensor([0, 0, 1]), torch.tensor([0.0, 1.0, 0.0]), torch.tensor([1.0, 2.0, 2.0])
+    )
+    weights = torch.tensor([0.5, 0.5, 1.0])
+    want = ((0.5 + 0.5 / 3) + 2.0 / 3) / 2
+    torch.testing.assert_close(distortion_loss(weights, samples, 2), torch.tensor(want))
+    # Scaling the distances by 2 and passing scale=2 changes nothing.
+    doubled = RaySamples(samples.ray_indices, samples.t_starts * 2, samples.t_ends * 2)
+    torch.testing.assert_close(distortion_loss(weights, doubled, 2, scale=2.0), torch.tensor(want))
+
+    # Random packed rays against the O(S^2) definition.
+    gen = torch.Generator().manual_seed(0)
+    counts = [3, 1, 5]
+    ray_indices = torch.repeat_interleave(torch.arange(3), torch.tensor(counts))
+    t = torch.cat([torch.cumsum(torch.rand(c + 1, generator=gen), 0) for c in counts])
+    starts = torch.cat([t[sum(counts[:r]) + r :][:c] for r, c in enumerate(counts)])
+    ends = torch.cat([t[sum(counts[:r]) + r + 1 :][:c] for r, c in enumerate(counts)])
+    w = torch.rand(len(ray_indices), generator=gen, dtype=torch.float64).float()
+    brute = 0.0
+    for r in range(3):
+        m = ray_indices == r
+        mid, d, wr = (starts[m] + ends[m]) / 2, ends[m] - starts[m], w[m]
+        brute += (wr[:, None] * wr[None] * (mid[:, None] - mid[None]).abs()).sum()
+        brute += (wr.square() * d).sum() / 3
+    got = distortion_loss(w, RaySamples(ray_indices, starts, ends), 3)
+    torch.testing.assert_close(got, brute / 3, rtol=1e-5, atol=1e-6)
 
 
 def test_march_rays_is_packed_and_covers_the_box():

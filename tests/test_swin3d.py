@@ -113,7 +113,10 @@ def test_swin_s_parameter_counts_match_reference():
     assert not model.pos_embed.requires_grad and model.pos_embed.numel() == 6_144_000
     assert count(model.encoder.parameters()) == 50_458_422
     assert [count(s.parameters()) for s in model.encoder.stages] == [
-        225_738, 1_042_836, 32_607_336, 16_557_648,
+        225_738,
+        1_042_836,
+        32_607_336,
+        16_557_648,
     ]
     assert count(model.decoder.parameters()) == 19_582_420
     assert model.mask_token.numel() == 96
@@ -124,8 +127,12 @@ def test_swin_s_parameter_counts_match_reference():
 def test_stochastic_depth_rises_linearly_to_drop_path():
     with torch.device("meta"):
         model = build_mae("swin_s", resolution=32)
-    rates = [blk.drop_path.p for stage in model.encoder.stages for blk in stage
-             if hasattr(blk, "drop_path")]
+    rates = [
+        blk.drop_path.p
+        for stage in model.encoder.stages
+        for blk in stage
+        if hasattr(blk, "drop_path")
+    ]
     assert len(rates) == 24 and rates[0] == 0.0 and rates[-1] == pytest.approx(0.1)
     assert rates[12] == pytest.approx(0.1 * 12 / 23)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -22,6 +23,7 @@ from pipeline.synthetic import (
     make_room,
     sample_ground_truth,
 )
+from pipeline.synthetic.render import RenderConfig
 
 SEED = 3
 SMALL = dict(n_views=8, image_size=24, grid_resolution=48)
@@ -143,18 +145,23 @@ def test_images_match_a_dense_rendering_of_the_same_field(scene, room):
     for frame in meta["frames"][:4]:
         image = np.asarray(Image.open(scene / frame["file_path"])).astype(np.float64) / 255
         c2w = np.asarray(frame["transform_matrix"])
+        n = RenderConfig().supersampling
         for u, v in rng.integers(0, 24, size=(3, 2)):
-            # OpenGL camera: looks down -z, y up, image rows go down; pixel centres
-            cam = np.array(
-                [
-                    (u + 0.5 - meta["cx"]) / meta["fl_x"],
-                    -(v + 0.5 - meta["cy"]) / meta["fl_y"],
-                    -1.0,
-                ]
-            )
-            direction = c2w[:3, :3] @ cam
-            direction /= np.linalg.norm(direction)
-            expected = _dense_render(room.field, c2w[:3, 3], direction, far, n=1 << 12)
+            # A pixel is the mean of n x n rays at sub-pixel points (i + 0.5) / n. OpenGL
+            # camera: looks down -z, y up, image rows go down.
+            expected = 0.0
+            for i, j in itertools.product(range(n), repeat=2):
+                cam = np.array(
+                    [
+                        (u + (i + 0.5) / n - meta["cx"]) / meta["fl_x"],
+                        -(v + (j + 0.5) / n - meta["cy"]) / meta["fl_y"],
+                        -1.0,
+                    ]
+                )
+                direction = c2w[:3, :3] @ cam
+                direction /= np.linalg.norm(direction)
+                ray = _dense_render(room.field, c2w[:3, 3], direction, far, n=1 << 12)
+                expected = expected + ray / n**2
             # 0.5 / 255 is the 8-bit rounding; the renderer itself is within ~0.1 / 255
             np.testing.assert_allclose(
                 image[v, u],

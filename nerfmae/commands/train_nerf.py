@@ -33,6 +33,13 @@ def register(subparsers) -> None:
     p.add_argument("--backend", choices=("auto", "tcnn", "torch"), default="auto")
     p.add_argument("--downscale", type=int, default=1, metavar="K", help="image downscale")
     p.add_argument(
+        "--finest-resolution",
+        type=int,
+        default=None,
+        metavar="N",
+        help="finest hash-grid resolution (default: the preset's; 64 suits 64x64 synthetic rooms)",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -57,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         target_psnr=args.target_psnr,
         backend=args.backend,
         downscale=args.downscale,
+        finest_resolution=args.finest_resolution,
         progress=not args.no_progress,
         num_threads=args.threads,
     )

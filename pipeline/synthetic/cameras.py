@@ -111,8 +111,14 @@ def camera_path(
     return np.stack(poses), intrinsics
 
 
-def pixel_rays(c2w: torch.Tensor, intrinsics: Intrinsics) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rays through every pixel centre: origins and unit directions, each ``(V, H, W, 3)``."""
+def pixel_rays(
+    c2w: torch.Tensor, intrinsics: Intrinsics, offset: tuple[float, float] = (0.5, 0.5)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rays through every pixel: origins and unit directions, each ``(V, H, W, 3)``.
+
+    ``offset`` is the point inside each pixel, ``(u, v)`` in pixels from its top-left
+    corner; the default is the centre (the ``pixel_centers: 0.5`` convention).
+    """
     c2w = torch.as_tensor(c2w, dtype=torch.float32).reshape(-1, 4, 4)  # (V, 4, 4)
     v, u = torch.meshgrid(
         torch.arange(intrinsics.h, dtype=torch.float32),
@@ -121,8 +127,8 @@ def pixel_rays(c2w: torch.Tensor, intrinsics: Intrinsics) -> tuple[torch.Tensor,
     )
     cam = torch.stack(
         [
-            (u + 0.5 - intrinsics.cx) / intrinsics.fl_x,
-            -(v + 0.5 - intrinsics.cy) / intrinsics.fl_y,
+            (u + offset[0] - intrinsics.cx) / intrinsics.fl_x,
+            -(v + offset[1] - intrinsics.cy) / intrinsics.fl_y,
             -torch.ones_like(u),
         ],
         dim=-1,

@@ -25,6 +25,7 @@ Rays are grouped by how many intervals they cross, so a ray facing a bare wall c
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -45,6 +46,11 @@ class RenderConfig:
     """Rays evaluated at once (bounds memory)."""
     min_weight: float = 1e-6
     """Samples weighing less than this are not shaded (far below 8-bit quantisation)."""
+    supersampling: int = 2
+    """Each pixel is the mean of ``n x n`` rays on a regular sub-pixel lattice: a box
+    filter over the pixel's footprint, as a camera integrates light. Point-sampled
+    pixels alias the textures' finest stripes (~1.3 px per period at 3 m at 64x64),
+    differently in every view, which no radiance field can reproduce."""
 
 
 def volume_weights(sigma: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -143,7 +149,15 @@ def render_views(
     config: RenderConfig | None = None,
 ) -> np.ndarray:
     """``(V, H, W, 3)`` uint8 images of ``field`` from poses ``(V, 4, 4)``."""
-    origins, dirs = pixel_rays(torch.as_tensor(c2w), intrinsics)  # (V, H, W, 3) each
-    rgb, _ = render_rays(field, origins, dirs, config)
-    images = (rgb.clamp(0.0, 1.0) * 255.0 + 0.5).floor().to(torch.uint8)
+    config = config or RenderConfig()
+    n = config.supersampling
+    if n < 1:
+        raise ValueError(f"RenderConfig.supersampling must be >= 1, got {n}")
+    total = None
+    for i, j in itertools.product(range(n), repeat=2):
+        offset = ((i + 0.5) / n, (j + 0.5) / n)
+        origins, dirs = pixel_rays(torch.as_tensor(c2w), intrinsics, offset)  # (V, H, W, 3) each
+        rgb, _ = render_rays(field, origins, dirs, config)
+        total = rgb if total is None else total + rgb
+    images = (total.div(n * n).clamp(0.0, 1.0) * 255.0 + 0.5).floor().to(torch.uint8)
     return images.reshape(*origins.shape).numpy()
