@@ -58,6 +58,29 @@ def time_size(model, side: int, extent, repeats: int) -> list[float]:
     return times
 
 
+def full_res_convs(side: int, repeats: int) -> float:
+    """Median fwd+bwd seconds of the decoder's two full-resolution 48->48 3^3 convolutions alone.
+
+    The FLOP floor of the architecture on a CPU: 6 x 2 x 27 x 48^2 x side^3 FLOP (forward,
+    input and weight gradients of both), in oneDNN's fastest (channels-last) layout.
+    """
+    cl = torch.channels_last_3d
+    x = torch.randn(1, 48, side, side, side).to(memory_format=cl).requires_grad_()
+    convs = [torch.nn.Conv3d(48, 48, 3, padding=1).to(memory_format=cl) for _ in range(2)]
+
+    def run() -> None:
+        y = convs[1](torch.nn.functional.leaky_relu(convs[0](x)))
+        y.sum().backward()
+
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def profile_size(model, side: int, extent, rows: int) -> str:
     from torch.profiler import ProfilerActivity, profile
 
@@ -103,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     print(
         f"{'preset':8s} {'size':>5s} {'extent':>12s} {'median s':>9s} {'min s':>7s} "
-        f"{'params':>11s} {'trainable':>11s}"
+        f"{'params':>11s} {'trainable':>11s} {'2 full-res convs s':>18s}"
     )
     for side in sizes:
         extent = table.get(side, (side,) * 3)
@@ -112,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         load_before = os.getloadavg()
         times = time_size(model, side, extent, repeats)
+        convs_s = full_res_convs(side, repeats)
         row = {
             "preset": preset,
             "side": side,
@@ -121,13 +145,15 @@ def main(argv: list[str] | None = None) -> int:
             "times_s": times,
             "params_total": total,
             "params_trainable": trainable,
+            "full_res_convs_median_s": convs_s,
+            "full_res_convs_gflop": 6 * 2 * 27 * 48**2 * side**3 / 1e9,
             "loadavg_before": load_before,
             "loadavg_after": os.getloadavg(),
         }
         results.append(row)
         print(
             f"{preset:8s} {side:5d} {'x'.join(map(str, extent)):>12s} {row['median_s']:9.3f} "
-            f"{row['min_s']:7.3f} {total:11,d} {trainable:11,d}"
+            f"{row['min_s']:7.3f} {total:11,d} {trainable:11,d} {convs_s:18.3f}"
         )
         del model
 
