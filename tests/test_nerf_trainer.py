@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from nerf_training import FieldConfig, HashEncodingConfig, TrainerConfig, load_run, train_nerf
+from nerf_training.field import pixel_matched_resolution
 from nerf_training.occupancy import OccupancyGridConfig
 from nerf_training.scene import SceneLoadError, load_scene
-from nerf_training.field import pixel_matched_resolution
 from nerf_training.trainer import NerfTrainer, resolve_field_config, ssim
 
 SIZE, VIEWS, FOCAL = 32, 16, 24.0
