@@ -44,8 +44,9 @@ from flows.tasks import (
     write_grid_task,
 )
 
-FLOW_SCHEMA = 1
-"""Bumped when the chain changes what it writes, so old store entries are rebuilt."""
+FLOW_SCHEMA = 2
+"""Bumped when the chain changes what it writes, so old store entries are rebuilt
+(2: the default NeRF's finest hash level follows the images, see TrainerConfig)."""
 _SCENE_ID_BAD_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 _GLOB_CHARS = frozenset("*?[")
 
