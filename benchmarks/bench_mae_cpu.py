@@ -47,15 +47,20 @@ def step(model, rgba, valid, seed: int) -> None:
     out.loss.backward()
 
 
-def time_size(model, side: int, extent, repeats: int) -> list[float]:
-    rgba, valid = padded_grid(extent, side)
-    step(model, rgba, valid, 0)  # warm-up: allocator, oneDNN primitives, cached masks
+def timed(run, repeats: int) -> list[float]:
+    """Seconds of ``run(i)`` for ``i = 1..repeats``, after a warm-up ``run(0)``."""
+    run(0)  # warm-up: allocator, oneDNN primitives, cached masks
     times = []
-    for i in range(repeats):
+    for i in range(1, repeats + 1):
         start = time.perf_counter()
-        step(model, rgba, valid, i + 1)
+        run(i)
         times.append(time.perf_counter() - start)
     return times
+
+
+def time_size(model, side: int, extent, repeats: int) -> list[float]:
+    rgba, valid = padded_grid(extent, side)
+    return timed(lambda i: step(model, rgba, valid, i), repeats)
 
 
 def full_res_convs(side: int, repeats: int) -> float:
@@ -68,17 +73,10 @@ def full_res_convs(side: int, repeats: int) -> float:
     x = torch.randn(1, 48, side, side, side).to(memory_format=cl).requires_grad_()
     convs = [torch.nn.Conv3d(48, 48, 3, padding=1).to(memory_format=cl) for _ in range(2)]
 
-    def run() -> None:
-        y = convs[1](torch.nn.functional.leaky_relu(convs[0](x)))
-        y.sum().backward()
+    def run(_: int) -> None:
+        convs[1](torch.nn.functional.leaky_relu(convs[0](x))).sum().backward()
 
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(timed(run, repeats))
 
 
 def profile_size(model, side: int, extent, rows: int) -> str:

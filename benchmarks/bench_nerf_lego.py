@@ -11,7 +11,6 @@ Prints a table, writes JSON (``--out``) and a PNG curve beside it.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -20,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from nerf_training.field import cpu_field_config
 from nerf_training.scene import load_scene
 from nerf_training.trainer import NerfTrainer, TrainerConfig
 
@@ -41,7 +39,7 @@ def main() -> None:
         "--finest-resolution",
         type=int,
         default=None,
-        help="hash grid's finest level (default: the CPU preset's)",
+        help="hash grid's finest level (default: matched to the images, 256 for lego_200)",
     )
     parser.add_argument("--quick", action="store_true", help="30 s smoke run")
     parser.add_argument("--out", type=Path, default=Path("bench_out/bench_nerf_lego.json"))
@@ -52,15 +50,8 @@ def main() -> None:
 
     load_before = os.getloadavg()  # the machine is shared: record how busy it was
     scene = load_scene(args.scene)
-    field = None
-    if args.finest_resolution is not None:
-        field = cpu_field_config()
-        field = dataclasses.replace(
-            field,
-            encoding=dataclasses.replace(field.encoding, finest_resolution=args.finest_resolution),
-        )
     config = TrainerConfig(
-        field=field,
+        finest_resolution=args.finest_resolution,
         max_steps=None,
         time_budget_s=args.budget,
         num_threads=args.threads,
