@@ -33,6 +33,12 @@ from prefect.states import State
 
 GPU_LIMIT = "nerfmae-gpu"
 """Name of the Prefect global concurrency limit that GPU tasks occupy one slot of."""
+GPU_SLOT_LEASE_S = 60.0
+"""Lease on a held GPU slot (the server's minimum), renewed by Prefect every 0.75 lease while
+the holder lives. A holder that dies (SIGKILL, out of memory, a lost worker) frees its slot
+once the lease runs out and the server's repossessor (every 15 s) sees it: with Prefect's
+default 300 s lease a rerun after a crash sat up to 5 minutes waiting for the dead run's
+slot."""
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".exr", ".webp", ".tif", ".tiff"})
 # Errors that repeat identically on every attempt: retrying them only delays the report.
@@ -53,7 +59,7 @@ def gpu_slot(limit_name: str | None) -> Iterator[None]:
         return
     from prefect.concurrency.sync import concurrency
 
-    with concurrency(limit_name, occupy=1):
+    with concurrency(limit_name, occupy=1, lease_duration=GPU_SLOT_LEASE_S):
         yield
 
 

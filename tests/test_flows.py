@@ -488,8 +488,10 @@ def test_killed_flow_rerun_finishes_only_missing_scenes(prefect_api, scene_root,
     before = GridStore(store, mode="r").list_scenes()
     assert 1 <= len(before) < 3
 
+    # The killed run held a GPU slot; its lease (flows.tasks.GPU_SLOT_LEASE_S, 60 s) must run
+    # out for the rerun to get one. Prefect's default 300 s lease would time out here.
     rerun = subprocess.run(
-        command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=330
+        command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240
     )
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     reports = by_id(
