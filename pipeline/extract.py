@@ -81,6 +81,12 @@ class ExtractConfig:
     """``occupied`` box: samples along the longest side of the coarse density pass."""
     delta: float | None = None
     """Step in ``alpha = 1 - exp(-sigma * delta)``; None = the voxel size (contract 1)."""
+    empty_below: float = 0.01
+    """Voxels whose opacity is below this are empty space, stored as opacity 0 and colour 0;
+    0 keeps the field's values everywhere. instant-ngp's grids (NeRF-RPN, NeRF-MAE) hold
+    exact zero opacity where its occupancy grid is below 0.01 optical thickness; the colour
+    is zeroed too because a NeRF's colour there is unconstrained noise that NeRF-MAE's loss
+    ignores (it gates colour by opacity > 0.01) and that does not compress (BENCHMARKS.md)."""
     directions: str = "cameras"
     """Colour is averaged over: ``cameras`` (training cameras towards each sample; falls
     back to ``fixed`` with a warning when the source has no cameras), ``fixed``
@@ -129,6 +135,8 @@ class ExtractConfig:
             )
         if self.occupancy_resolution < 2:
             raise ValueError("ExtractConfig.occupancy_resolution must be >= 2")
+        if not 0 <= self.empty_below < 1:
+            raise ValueError(f"ExtractConfig.empty_below must be in [0, 1), got {self.empty_below}")
         if self.delta is not None and not self.delta > 0:
             raise ValueError(f"ExtractConfig.delta must be > 0 (or None), got {self.delta}")
         if self.max_cameras is not None and self.max_cameras < 1:
@@ -223,6 +231,7 @@ def extract_grid(
         shape,
         delta=delta,
         dirs=dirs,
+        empty_below=cfg.empty_below,
         chunk_points=cfg.chunk_points,
         device=device,
     )
@@ -233,6 +242,7 @@ def extract_grid(
         "schema_version": SCHEMA_VERSION,
         "colour_directions": dirs.describe(),
         "box": box_meta,
+        "empty_space": {"below": cfg.empty_below, "zero_fraction": float((rgba[3] == 0).mean())},
         "extract_config": _jsonable(asdict(cfg)),
     }
     return RadianceGrid(
@@ -248,6 +258,7 @@ def sample_field(
     *,
     delta: float,
     dirs: DirectionSet | None,
+    empty_below: float = 0.0,
     chunk_points: int = 1 << 16,
     device: torch.device | str = "cpu",
     progress: bool = True,
@@ -256,6 +267,7 @@ def sample_field(
 
     Channels are the mean colour over ``dirs`` and ``1 - exp(-sigma * delta)``; with
     ``dirs=None`` only alpha is computed (colour left 0), as the occupancy pass needs.
+    Samples whose alpha is below ``empty_below`` become all zeros (empty space).
     """
     X, Y, Z = (int(s) for s in shape)
     out = np.zeros((4, X * Y * Z), dtype=np.float32)  # (4, X*Y*Z), z fastest like the lattice
@@ -281,14 +293,17 @@ def sample_field(
             span = slice(r0 * Z, r1 * Z)
             sigma, color_at = evaluate(x)
             sigma = sigma.reshape(-1).float()  # (n,)
-            out_t[3, span] = torch.expm1(sigma.clamp_min(0.0) * -delta).neg_().cpu()
+            alpha = torch.expm1(sigma.clamp_min(0.0) * -delta).neg_()  # (n,)
+            empty = alpha < empty_below  # (n,)
+            out_t[3, span] = alpha.masked_fill_(empty, 0.0).cpu()
             if dirs is None:
                 continue
             rgb = color_at(dirs.directions(x, 0)).float()  # (n, 3)
             for k in range(1, dirs.count):
                 rgb = rgb + color_at(dirs.directions(x, k))
             # Not in place: the field's output may be a view of something it owns.
-            out_t[:3, span] = (rgb / dirs.count).clamp_(0.0, 1.0).T.cpu()
+            rgb = (rgb / dirs.count).clamp_(0.0, 1.0).masked_fill_(empty[:, None], 0.0)
+            out_t[:3, span] = rgb.T.cpu()
     return out.reshape(4, X, Y, Z)
 
 

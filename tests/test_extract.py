@@ -79,6 +79,15 @@ def independent_grid(field: SphereField, lo, hi, resolution: int):
     return np.concatenate([rgb, alpha[None]], 0), shape, voxel, hi
 
 
+def mask_empty_space(rgba: np.ndarray, below: float) -> np.ndarray:
+    """The contract of ``empty_below``: every channel 0 where alpha < ``below``."""
+    return np.where(rgba[3] < below, 0.0, rgba)
+
+
+# The exactness tests below check the sampler, so they keep every value (no masking).
+KEEP_ALL = {"empty_below": 0.0}
+
+
 # ------------------------------------------------------------ exactness
 @pytest.mark.parametrize(
     "lo, hi, resolution",
@@ -89,10 +98,12 @@ def independent_grid(field: SphereField, lo, hi, resolution: int):
         ((0.0, -1.0, 0.1), (0.25, 1.0, 1.3), 40),  # thin in x
     ],
 )
-def test_extraction_matches_independent_sampling(lo, hi, resolution):
+@pytest.mark.parametrize("empty_below", [0.0, 0.01])
+def test_extraction_matches_independent_sampling(lo, hi, resolution, empty_below):
     field = SphereField(lo, hi, centre=np.add(lo, hi) / 2)
-    grid = extract_grid(field, resolution, directions="fixed")
+    grid = extract_grid(field, resolution, directions="fixed", empty_below=empty_below)
     expected, shape, voxel, hi_adj = independent_grid(field, lo, hi, resolution)
+    expected = mask_empty_space(expected, empty_below)
     assert grid.shape == shape and max(shape) == resolution
     np.testing.assert_allclose(grid.bbox_min, lo)
     np.testing.assert_allclose(grid.bbox_max, hi_adj)
@@ -105,7 +116,7 @@ def test_extraction_matches_independent_sampling(lo, hi, resolution):
 
 # The room's colour is view-independent, so one direction gives the generator's colour;
 # its field costs ~10 us per point and call, so one direction keeps these tests quick.
-ONE_DIRECTION = {"directions": "fibonacci", "n_directions": 1}
+ONE_DIRECTION = {"directions": "fibonacci", "n_directions": 1, **KEEP_ALL}
 
 
 def test_extraction_reproduces_synthetic_ground_truth(tmp_path):
@@ -119,12 +130,19 @@ def test_extraction_reproduces_synthetic_ground_truth(tmp_path):
     # field's own aabb is float32, which moves samples by ~1e-7: enough to flip
     # nearest-part ties in free space.
     grid = extract_grid(synthetic.make_room(3), 24, **ONE_DIRECTION)
+    masked = extract_grid(synthetic.make_room(3), 24, **{**ONE_DIRECTION, "empty_below": 0.01})
     assert grid.shape == gt.shape and max(grid.shape) == 24
     np.testing.assert_array_equal(grid.bbox_min, gt.bbox_min)
     np.testing.assert_allclose(grid.bbox_max, gt.bbox_max, rtol=1e-12)
     assert grid.delta == pytest.approx(gt.delta, rel=1e-12)
     # The ground truth is stored as float16: half an ulp below 1 is 2.44e-4.
     np.testing.assert_allclose(grid.rgba, gt.rgba, rtol=0, atol=2.5e-4)
+    # Free space (alpha < 0.01) is all zeros; away from the threshold the rest is the GT.
+    clear = np.abs(gt.alpha - 0.01) > 1e-3
+    expected = mask_empty_space(gt.rgba.astype(np.float64), 0.01)
+    np.testing.assert_allclose(masked.rgba[:, clear], expected[:, clear], rtol=0, atol=2.5e-4)
+    assert not masked.rgba[:, gt.alpha < 0.009].any() and (gt.alpha < 0.009).any()
+    assert masked.meta["empty_space"]["zero_fraction"] == pytest.approx((masked.alpha == 0).mean())
     field_box = extract_grid(synthetic.make_room(3).field, 8, **ONE_DIRECTION)
     np.testing.assert_allclose(field_box.bbox_min, aabb[0], rtol=1e-6)
     assert gt.alpha.max() > 0.5 and gt.alpha.min() < 0.01  # walls and free space: not vacuous
@@ -168,7 +186,7 @@ def test_chunking_does_not_change_results_and_bounds_batch():
 # ------------------------------------------------------------ directions
 def test_fixed_direction_average_equals_hand_computation():
     field = ViewDependentField()
-    grid = extract_grid(field, 9, directions="fixed")
+    grid = extract_grid(field, 9, directions="fixed", **KEEP_ALL)
     # Over NeRF-RPN's 18 directions (pitch -45/0/45, yaws 0..300 step 60):
     # mean max(dz,0) = sin45 / 3; mean max(dx,0) = (2/6) * mean cos(pitch);
     # mean max(dy,0) = (2 sin60 / 6) * mean cos(pitch).
@@ -187,7 +205,7 @@ def test_fixed_direction_average_equals_hand_computation():
 def test_camera_directions_average_towards_each_sample():
     field = ViewDependentField()
     origins = np.array([[-3.0, 0.2, 0.5], [2.0, 2.0, 3.0], [0.1, -4.0, 0.3]], dtype=np.float32)
-    grid = extract_grid(field, 9, camera_origins=origins, max_cameras=None)
+    grid = extract_grid(field, 9, camera_origins=origins, max_cameras=None, **KEEP_ALL)
     pts = grid.points().astype(np.float64)  # (X, Y, Z, 3)
     d = pts[None] - origins[:, None, None, None].astype(np.float64)  # (C, X, Y, Z, 3)
     d /= np.linalg.norm(d, axis=-1, keepdims=True)
@@ -360,6 +378,8 @@ def test_bad_sources_and_options_are_refused():
         ExtractConfig(bbox_min=(0, 0, 0))
     with pytest.raises(ValueError, match="max > min"):
         ExtractConfig(bbox_min=(0, 0, 0), bbox_max=(1, 0, 1))
+    with pytest.raises(ValueError, match="empty_below"):
+        ExtractConfig(empty_below=1.0)
     with pytest.raises(ValueError, match=r"camera origins"):
         extract_grid(SphereField(), 5, camera_origins=np.zeros((0, 3)))
 

@@ -40,6 +40,12 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--margin", type=float, default=0.1, help="occupied box margin per side")
     parser.add_argument(
+        "--empty-below",
+        type=float,
+        default=0.01,
+        help="store voxels with alpha below this as empty (alpha and colour 0); 0 keeps all",
+    )
+    parser.add_argument(
         "--run-dir", type=Path, default=None, help="scene folder: train the NeRF here"
     )
     parser.add_argument("--device", default=None, help="torch device (default: the field's)")
@@ -67,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         max_cameras=args.max_cameras or None,
         box=args.box,
         margin=args.margin,
+        empty_below=args.empty_below,
         device=args.device,
     )
     if args.out is not None:
