@@ -1,4 +1,4 @@
-"""Forward+backward time of a NeRF-MAE preset on CPU (batch 1, fp32), one grid per size.
+"""Forward+backward time of a NeRF-MAE preset on CPU (batch 1, fp32 or bf16), one grid per size.
 
 Each grid is a random RGBA volume of the given (non-cubic) extent, zero-padded at the high end to
 the cubic resolution, as the loader does. Prints a table and writes JSON.
@@ -6,6 +6,8 @@ the cubic resolution, as the loader does. Prints a table and writes JSON.
     .venv/bin/python benchmarks/bench_mae_cpu.py                 # swin_s at 64^3 and 96^3
     .venv/bin/python benchmarks/bench_mae_cpu.py --quick         # tiny preset, smoke run
     .venv/bin/python benchmarks/bench_mae_cpu.py --profile 64    # torch.profiler table at 64^3
+    .venv/bin/python benchmarks/bench_mae_cpu.py --amp bf16      # the engine's amp="bf16" on CPU
+    .venv/bin/python benchmarks/bench_mae_cpu.py --unfolded      # also time decoder1 unfolded
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model import build_mae  # noqa: E402
+from model.decoder import upsample_kernel_stride  # noqa: E402
 
 # (extent of the real grid, padded cubic side); the issue's two sizes.
 SIZES = {64: (64, 56, 48), 96: (96, 84, 72)}
@@ -41,9 +44,11 @@ def padded_grid(extent: tuple[int, int, int], side: int, seed: int = 0):
     return rgba, valid
 
 
-def step(model, rgba, valid, seed: int) -> None:
+def step(model, rgba, valid, seed: int, amp_dtype: torch.dtype | None = None) -> None:
+    """One training step's compute, autocast as the engine does it (forward only)."""
     model.zero_grad(set_to_none=True)
-    out = model(rgba, valid, generator=torch.Generator().manual_seed(seed))
+    with torch.autocast("cpu", dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+        out = model(rgba, valid, generator=torch.Generator().manual_seed(seed))
     out.loss.backward()
 
 
@@ -58,12 +63,37 @@ def timed(run, repeats: int) -> list[float]:
     return times
 
 
-def time_size(model, side: int, extent, repeats: int) -> list[float]:
+def time_size(model, side: int, extent, repeats: int, amp_dtype=None) -> list[float]:
     rgba, valid = padded_grid(extent, side)
-    return timed(lambda i: step(model, rgba, valid, i), repeats)
+    return timed(lambda i: step(model, rgba, valid, i, amp_dtype), repeats)
 
 
-def full_res_convs(side: int, repeats: int) -> float:
+def time_folded_and_unfolded(model, side: int, extent, repeats: int, amp_dtype=None):
+    """Seconds per step with ``decoder1``'s upsampling and first conv folded (the model as
+    built, ``model.decoder.upsample_then_conv``) and as two layers (same weights, same numbers
+    up to rounding), alternating step by step so that the VM's drift hits both alike."""
+    rgba, valid = padded_grid(extent, side)
+    up_block = model.decoder.decoder1
+
+    def two_layers(x, skip=None):
+        return up_block.block(upsample_kernel_stride(x, up_block.up.weight, up_block.up.bias))
+
+    def run(i: int, folded: bool) -> float:
+        if folded:
+            up_block.__dict__.pop("forward", None)
+        else:
+            up_block.forward = two_layers
+        start = time.perf_counter()
+        step(model, rgba, valid, i, amp_dtype)
+        return time.perf_counter() - start
+
+    run(0, True), run(0, False)  # warm-up both paths
+    pairs = [(run(i, True), run(i, False)) for i in range(1, repeats + 1)]
+    up_block.__dict__.pop("forward", None)
+    return [a for a, _ in pairs], [b for _, b in pairs]
+
+
+def full_res_convs(side: int, repeats: int, amp_dtype=None) -> float:
     """Median fwd+bwd seconds of the decoder's two full-resolution 48->48 3^3 convolutions alone.
 
     The FLOP floor of the architecture on a CPU: 6 x 2 x 27 x 48^2 x side^3 FLOP (forward,
@@ -74,7 +104,9 @@ def full_res_convs(side: int, repeats: int) -> float:
     convs = [torch.nn.Conv3d(48, 48, 3, padding=1).to(memory_format=cl) for _ in range(2)]
 
     def run(_: int) -> None:
-        convs[1](torch.nn.functional.leaky_relu(convs[0](x))).sum().backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp_dtype is not None):
+            y = convs[1](torch.nn.functional.leaky_relu(convs[0](x)))
+        y.float().sum().backward()
 
     return statistics.median(timed(run, repeats))
 
@@ -99,6 +131,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="tiny preset at 32^3, one repeat")
     parser.add_argument(
+        "--unfolded",
+        action="store_true",
+        help="also time the same model with decoder1's upsampling and first conv unfolded",
+    )
+    parser.add_argument(
+        "--amp",
+        choices=("off", "bf16"),
+        default="off",
+        help="off: fp32 (the issue's measure); bf16: autocast as the engine's amp='bf16'",
+    )
+    parser.add_argument(
         "--profile",
         type=int,
         default=None,
@@ -113,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     table = QUICK_SIZES if args.quick else SIZES
     sizes = args.sizes or list(table)
     repeats = 1 if args.quick else args.repeats
+    amp_dtype = torch.bfloat16 if args.amp == "bf16" else None
 
     if args.profile is not None:
         side = args.profile
@@ -124,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     print(
         f"{'preset':8s} {'size':>5s} {'extent':>12s} {'median s':>9s} {'min s':>7s} "
-        f"{'params':>11s} {'trainable':>11s} {'2 full-res convs s':>18s}"
+        f"{'params':>11s} {'trainable':>11s} {'2 full-res convs s':>18s} {'unfolded s':>10s}"
     )
     for side in sizes:
         extent = table.get(side, (side,) * 3)
@@ -132,8 +176,12 @@ def main(argv: list[str] | None = None) -> int:
         total = sum(p.numel() for p in model.parameters())
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         load_before = os.getloadavg()
-        times = time_size(model, side, extent, repeats)
-        convs_s = full_res_convs(side, repeats)
+        unfolded = None
+        if args.unfolded:
+            times, unfolded = time_folded_and_unfolded(model, side, extent, repeats, amp_dtype)
+        else:
+            times = time_size(model, side, extent, repeats, amp_dtype)
+        convs_s = full_res_convs(side, repeats, amp_dtype)
         row = {
             "preset": preset,
             "side": side,
@@ -143,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             "times_s": times,
             "params_total": total,
             "params_trainable": trainable,
+            "unfolded_decoder1_median_s": statistics.median(unfolded) if unfolded else None,
             "full_res_convs_median_s": convs_s,
             "full_res_convs_gflop": 6 * 2 * 27 * 48**2 * side**3 / 1e9,
             "loadavg_before": load_before,
@@ -151,14 +200,15 @@ def main(argv: list[str] | None = None) -> int:
         results.append(row)
         print(
             f"{preset:8s} {side:5d} {'x'.join(map(str, extent)):>12s} {row['median_s']:9.3f} "
-            f"{row['min_s']:7.3f} {total:11,d} {trainable:11,d} {convs_s:18.3f}"
+            f"{row['min_s']:7.3f} {total:11,d} {trainable:11,d} {convs_s:18.3f} "
+            f"{row['unfolded_decoder1_median_s'] or float('nan'):10.3f}"
         )
         del model
 
     report = {
         "benchmark": "mae_forward_backward_cpu",
         "batch": 1,
-        "dtype": "float32",
+        "dtype": "float32" if amp_dtype is None else "bf16 autocast",
         "threads": args.threads,
         "repeats": repeats,
         "warmup": 1,
@@ -167,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "results": results,
     }
+    if args.amp == "bf16" and args.out == parser.get_default("out"):
+        args.out = args.out.with_name("bench_mae_cpu_bf16.json")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}")

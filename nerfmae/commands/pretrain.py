@@ -40,7 +40,9 @@ def register(subparsers) -> None:
     p.add_argument("--max-steps", type=int, help="stop after N steps (schedule unchanged)")
     p.add_argument("--seed", type=int, help="seed (default 0)")
     p.add_argument("--device", help="auto (default), cpu, cuda")
-    p.add_argument("--amp", choices=("auto", "bf16", "off"), help="mixed precision (default auto)")
+    p.add_argument("--amp", choices=("auto", "bf16", "off"),
+                   help="auto (default): bf16 autocast on CUDA, fp32 on CPU; bf16 also runs on "
+                        "CPU (faster with AVX512-BF16, see BENCHMARKS.md)")  # fmt: skip
     p.add_argument("--resume", action="store_true",
                    help="continue from RUN_DIR/checkpoints/latest.pt")  # fmt: skip
     p.set_defaults(func=run)
