@@ -353,9 +353,9 @@ def _shared_storage(nbytes: int) -> torch.UntypedStorage:
     torch's own ``_new_shared`` fallocates every page up front, and its file lives in
     ``/dev/shm`` (64 MB in a default Docker container). A sparse memfd instead gets
     pages only where a grid is written (padding is often half the cube): allocating,
-    filling 60 % of and freeing a batch of 4 measured ~3x cheaper on its own. It is passed on as a file
-    descriptor, so it needs torch's default "file_descriptor" sharing strategy and
-    Linux's memfd; otherwise torch's allocation is used.
+    filling 60 % of and freeing a batch of 4 measured ~3x cheaper on its own. It is passed
+    on as a file descriptor, so it needs torch's default "file_descriptor" sharing strategy
+    and Linux's memfd; otherwise torch's allocation is used.
     """
     if not hasattr(os, "memfd_create") or (
         torch.multiprocessing.get_sharing_strategy() != "file_descriptor"
