@@ -437,13 +437,24 @@ def test_pretrain_flow_runs_torchrun_for_several_processes(prefect_api, scene_ro
 
 
 @pytest.mark.slow
-def test_killed_flow_rerun_finishes_only_missing_scenes(prefect_api, scene_root, tmp_path):
+def test_killed_flow_rerun_finishes_only_missing_scenes(scene_root, tmp_path):
+    """SIGKILL while the second scene holds the GPU slot, then rerun.
+
+    Against a real server: the harness's ephemeral one runs no repossessor, so there a dead
+    holder's slot is never freed. The rerun must wait out the dead run's lease
+    (flows.tasks.GPU_SLOT_LEASE_S, 60 s, + the repossessor's 15 s): with Prefect's default
+    300 s lease it would time out here.
+    """
+    import httpx
+    from prefect_server import running_server
+
+    from flows.tasks import GPU_LIMIT
     from grid_store import GridStore
 
     store = tmp_path / "grids.zarr"
     # A time budget, not a step count: each scene then trains for a few seconds however
-    # fast the machine is, leaving a wide window to SIGKILL between two scenes.
-    nerf = {**NERF, "max_steps": None, "time_budget_s": 6.0}
+    # fast the machine is, leaving a wide window to SIGKILL during the second scene.
+    nerf = {**NERF, "max_steps": None, "time_budget_s": 10.0}
     command = [
         sys.executable,
         str(REPO / "flows" / "build_dataset.py"),
@@ -461,38 +472,45 @@ def test_killed_flow_rerun_finishes_only_missing_scenes(prefect_api, scene_root,
         "0",
         *[f"--nerf-option={k}={json.dumps(v)}" for k, v in nerf.items()],
     ]
-    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_LOGGING_LEVEL": "WARNING"}
-    proc = subprocess.Popen(
-        command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    try:
-        deadline = time.monotonic() + 240  # generous: a slow, shared VM has taken minutes
-        done: list[str] = []
-        while time.monotonic() < deadline and proc.poll() is None:
-            done = (
-                GridStore(store, mode="r").list_scenes() if (store / "zarr.json").exists() else []
-            )
-            if done:
-                break
-            time.sleep(0.1)
-        assert proc.poll() is None, (
-            f"the flow ended before it could be killed:\n{proc.stdout.read().decode()}"
-        )
-        assert done, "no scene reached the store in time"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    before = GridStore(store, mode="r").list_scenes()
-    assert 1 <= len(before) < 3
+    with running_server(tmp_path / "prefect_home", tmp_path / "server.log") as (api, env):
 
-    # The killed run held a GPU slot; its lease (flows.tasks.GPU_SLOT_LEASE_S, 60 s) must run
-    # out for the rerun to get one. Prefect's default 300 s lease would time out here.
-    rerun = subprocess.run(
-        command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240
-    )
+        def slots_in_use() -> int:
+            reply = httpx.get(f"{api}/v2/concurrency_limits/{GPU_LIMIT}", timeout=5)
+            return reply.json()["active_slots"] if reply.status_code == 200 else 0
+
+        proc = subprocess.Popen(
+            command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        try:
+            deadline = time.monotonic() + 240  # generous: a slow, shared VM has taken minutes
+            held = False
+            while time.monotonic() < deadline and proc.poll() is None:
+                done = (
+                    GridStore(store, mode="r").list_scenes()
+                    if (store / "zarr.json").exists()
+                    else []
+                )
+                # One scene stored and the next one training: it holds the GPU slot.
+                held = len(done) == 1 and slots_in_use() == 1
+                if held:
+                    break
+                time.sleep(0.2)
+            assert proc.poll() is None, (
+                f"the flow ended before it could be killed:\n{proc.stdout.read().decode()}"
+            )
+            assert held, "no scene reached the store with the next one training in time"
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        before = GridStore(store, mode="r").list_scenes()
+        assert len(before) == 1 and slots_in_use() == 1  # the dead run's slot, still leased
+
+        rerun = subprocess.run(
+            command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240
+        )
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     reports = by_id(
         [json.loads(line) for line in rerun.stdout.splitlines() if line.startswith("{")]
