@@ -67,13 +67,35 @@ def ensure_gpu_limit(slots: int, name: str = GPU_LIMIT) -> str:
     """Create the global concurrency limit ``name`` with ``slots`` slots, or resize it.
 
     Doing it here means no one has to run ``prefect gcl create`` before the first flow.
+
+    Without a configured server (no ``PREFECT_API_URL``) Prefect starts a temporary one for
+    this process over the profile's database. Slots it still counts as active can only be
+    those of an earlier run that died holding them: a temporary server serves its own
+    process only and runs no repossessor, so nothing would ever free them and this run
+    would wait for them forever. They are reset to 0, with a warning. (Runs that should
+    share the GPU limit across processes need a running ``prefect server``.)
     """
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+    from prefect.logging import get_logger
+    from prefect.settings import get_current_settings
 
     if slots < 1:
         raise ValueError(f"gpu_slots must be >= 1, got {slots}")
     with get_client(sync_client=True) as client:
         client.upsert_global_concurrency_limit_by_name(name, slots)
+        if get_current_settings().api.url is None:
+            stale = client.read_global_concurrency_limit_by_name(name).active_slots
+            if stale:
+                get_logger("nerfmae.flows").warning(
+                    "concurrency limit %r: %d slot(s) held by a run that died; freed "
+                    "(a temporary Prefect server serves this run only)",
+                    name,
+                    stale,
+                )
+                client.update_global_concurrency_limit(
+                    name, GlobalConcurrencyLimitUpdate(active_slots=0)
+                )
     return name
 
 

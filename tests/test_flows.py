@@ -519,3 +519,57 @@ def test_killed_flow_rerun_finishes_only_missing_scenes(scene_root, tmp_path):
     for sid, r in reports.items():
         assert r["status"] == ("cached" if sid in before else "written"), (sid, r)
     assert GridStore(store, mode="r").list_scenes() == ["room_0", "room_1", "room_2"]
+
+
+def test_temporary_server_frees_the_slot_of_a_run_that_died(scene_root, tmp_path):
+    """No server configured: each shell run gets a temporary one over the profile's
+    database, which keeps the active-slot count of a run killed holding the GPU slot
+    (seen after a real SIGKILL: active_slots 1) and runs no repossessor. The next run
+    must free it, not wait for it forever."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PREFECT_HOME=str(tmp_path / "prefect_home"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_LOGGING_LEVEL="WARNING",
+    )
+    dead_holder = (
+        "from prefect.client.orchestration import get_client\n"
+        "from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate as U\n"
+        "from flows.tasks import GPU_LIMIT\n"
+        "with get_client(sync_client=True) as c:\n"
+        "    c.upsert_global_concurrency_limit_by_name(GPU_LIMIT, 1)\n"
+        "    c.update_global_concurrency_limit(GPU_LIMIT, U(active_slots=1))\n"
+        "    print(c.read_global_concurrency_limit_by_name(GPU_LIMIT).active_slots)\n"
+    )
+    made = subprocess.run(
+        [sys.executable, "-c", dead_holder],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert made.returncode == 0 and made.stdout.split()[-1] == "1", made.stdout + made.stderr
+
+    command = [
+        sys.executable,
+        str(REPO / "flows" / "build_dataset.py"),
+        "--scenes",
+        str(scene_root / "room_0"),
+        "--store",
+        str(tmp_path / "grids.zarr"),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--resolution",
+        str(RES),
+        "--retries",
+        "0",
+        *[f"--nerf-option={k}={json.dumps(v)}" for k, v in NERF.items()],
+    ]
+    run = subprocess.run(
+        command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "held by a run that died; freed" in run.stdout + run.stderr
+    reports = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    assert [(r["scene_id"], r["status"]) for r in reports] == [("room_0", "written")]
