@@ -1,4 +1,6 @@
-"""The Prefect flows on tiny synthetic scenes, under one session-wide ``prefect_test_harness``.
+"""The Prefect flows on tiny synthetic scenes, under one session-wide ``prefect_test_harness``
+(the SIGKILL test uses a real server and the temporary-server test a fresh ``PREFECT_HOME``:
+both are about what the harness's server does not do, freeing a dead run's GPU slot).
 
 Scenes are 8 views of 16x16 pixels, NeRFs train 30 steps, grids have 24 samples on the
 longest side: every figure here is about orchestration (what runs, what is skipped,
