@@ -21,6 +21,7 @@ What it does, in order:
    overridden; recorded) and colour = the mean of ``field.color(x, d)`` over a
    direction set (:mod:`pipeline.directions`; by default the training cameras'
    directions towards each sample).
+4. **Empty space**: samples with alpha below ``empty_below`` (0.01) become all zeros.
 
 Evaluation walks the lattice in chunks of about ``chunk_points`` samples (whole z-rows),
 building each chunk's positions from per-axis coordinate tables, so the only allocation

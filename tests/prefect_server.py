@@ -60,20 +60,30 @@ def wait_healthy(url: str, server: subprocess.Popen, timeout: float) -> None:
     raise TimeoutError(f"prefect server at {url} not healthy after {timeout} s")
 
 
-@contextmanager
-def running_server(home: Path, log: Path) -> Iterator[tuple[str, dict[str, str]]]:
-    """Start a server with a private ``PREFECT_HOME``; yield its API URL and the environment
-    (no inherited ``PREFECT_*``, telemetry and UI off) for processes that should use it."""
-    api = f"http://127.0.0.1:{free_port()}/api"
+def isolated_env(home: Path, **prefect: str) -> dict[str, str]:
+    """This environment without inherited ``PREFECT_*``: a private ``PREFECT_HOME``,
+    telemetry off, warnings only, plus ``prefect`` settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(
         PREFECT_HOME=str(home),
-        PREFECT_API_URL=api,
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_LOGGING_LEVEL="WARNING",
+        **prefect,
+    )
+    return env
+
+
+@contextmanager
+def running_server(home: Path, log: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """Start a server with a private ``PREFECT_HOME``; yield its API URL and the environment
+    (:func:`isolated_env`, UI off) for processes that should use it."""
+    api = f"http://127.0.0.1:{free_port()}/api"
+    env = isolated_env(
+        home,
+        PREFECT_API_URL=api,
         PREFECT_UI_ENABLED="false",
         PREFECT_WORKER_QUERY_SECONDS="1",
         PREFECT_WORKER_PREFETCH_SECONDS="1",
-        PREFECT_LOGGING_LEVEL="WARNING",
     )
     port = api.rsplit(":", 1)[1].split("/")[0]
     with log.open("w") as out:

@@ -115,6 +115,26 @@ def by_id(reports: list[dict]) -> dict[str, dict]:
     return {r["scene_id"]: r for r in reports}
 
 
+def shell_build_dataset(scenes: Path, out: Path, nerf: dict, *options: str) -> list[str]:
+    """``python flows/build_dataset.py`` on ``scenes``, store and runs under ``out``."""
+    return [
+        sys.executable,
+        str(REPO / "flows" / "build_dataset.py"),
+        "--scenes",
+        str(scenes),
+        "--store",
+        str(out / "grids.zarr"),
+        "--runs-dir",
+        str(out / "runs"),
+        "--resolution",
+        str(RES),
+        "--retries",
+        "0",
+        *options,
+        *[f"--nerf-option={k}={json.dumps(v)}" for k, v in nerf.items()],
+    ]
+
+
 def run_artifact(state, kind: str):
     """The one artifact of type ``kind`` of the flow run that ended in ``state``."""
     from prefect.client.orchestration import get_client
@@ -457,23 +477,7 @@ def test_killed_flow_rerun_finishes_only_missing_scenes(scene_root, tmp_path):
     # A time budget, not a step count: each scene then trains for a few seconds however
     # fast the machine is, leaving a wide window to SIGKILL during the second scene.
     nerf = {**NERF, "max_steps": None, "time_budget_s": 10.0}
-    command = [
-        sys.executable,
-        str(REPO / "flows" / "build_dataset.py"),
-        "--scenes",
-        str(scene_root),
-        "--store",
-        str(store),
-        "--runs-dir",
-        str(tmp_path / "runs"),
-        "--resolution",
-        str(RES),
-        "--max-parallel",
-        "1",
-        "--retries",
-        "0",
-        *[f"--nerf-option={k}={json.dumps(v)}" for k, v in nerf.items()],
-    ]
+    command = shell_build_dataset(scene_root, tmp_path, nerf, "--max-parallel", "1")
     with running_server(tmp_path / "prefect_home", tmp_path / "server.log") as (api, env):
 
         def slots_in_use() -> int:
@@ -528,12 +532,9 @@ def test_temporary_server_frees_the_slot_of_a_run_that_died(scene_root, tmp_path
     database, which keeps the active-slot count of a run killed holding the GPU slot
     (seen after a real SIGKILL: active_slots 1) and runs no repossessor. The next run
     must free it, not wait for it forever."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(
-        PREFECT_HOME=str(tmp_path / "prefect_home"),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_LOGGING_LEVEL="WARNING",
-    )
+    from prefect_server import isolated_env
+
+    env = isolated_env(tmp_path / "prefect_home")
     dead_holder = (
         "from prefect.client.orchestration import get_client\n"
         "from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate as U\n"
@@ -553,21 +554,7 @@ def test_temporary_server_frees_the_slot_of_a_run_that_died(scene_root, tmp_path
     )
     assert made.returncode == 0 and made.stdout.split()[-1] == "1", made.stdout + made.stderr
 
-    command = [
-        sys.executable,
-        str(REPO / "flows" / "build_dataset.py"),
-        "--scenes",
-        str(scene_root / "room_0"),
-        "--store",
-        str(tmp_path / "grids.zarr"),
-        "--runs-dir",
-        str(tmp_path / "runs"),
-        "--resolution",
-        str(RES),
-        "--retries",
-        "0",
-        *[f"--nerf-option={k}={json.dumps(v)}" for k, v in NERF.items()],
-    ]
+    command = shell_build_dataset(scene_root / "room_0", tmp_path, NERF)
     run = subprocess.run(
         command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240
     )
