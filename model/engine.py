@@ -220,6 +220,34 @@ def split_scenes(
     return train, val
 
 
+def fit_batch_to_scenes(
+    config: PretrainConfig, train_scenes: int, world_size: int
+) -> PretrainConfig:
+    """``config`` with ``batch_size`` lowered, with a warning, to the largest global batch
+    that one epoch over ``train_scenes`` can fill (each rank gets ``train_scenes //
+    world_size`` of them, in whole micro-batches of every accumulation step).
+
+    The paper's batch of 32 is the default, and a store a user starts with (the demo's, a
+    tutorial's) holds a handful of scenes: a batch larger than the training set cannot make
+    a single step. The capped value is what the run records and resumes with.
+    """
+    accum = config.grad_accum_steps
+    largest = (train_scenes // world_size // accum) * world_size * accum
+    if config.batch_size <= largest:
+        return config
+    if largest < 1:
+        raise ValueError(
+            f"batch_size: {train_scenes} training scene(s) cannot fill one micro-batch on each "
+            f"of {world_size} rank(s) x {accum} accumulation step(s)"
+        )
+    logger.warning(
+        "batch_size %d exceeds the %d training scene(s): using %d (%d rank(s) x %d "
+        "accumulation step(s)); the learning rate is unchanged",
+        config.batch_size, train_scenes, largest, world_size, accum,
+    )  # fmt: skip
+    return dataclasses.replace(config, batch_size=largest)
+
+
 def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Batch only what pretraining reads (some scenes also carry ``semantic``)."""
     return {
@@ -388,6 +416,13 @@ class _Pretraining:
         self.train_scenes, self.val_scenes = split_scenes(
             scene_ids, config.val_fraction, config.val_scenes, config.seed
         )
+        if not self.val_scenes and config.val_fraction > 0 and config.val_scenes is None:
+            logger.warning(
+                "no validation scene: %d scene(s) in the store, all of them train; the run "
+                "reports no validation loss or PSNR and draws no reconstruction pictures",
+                len(scene_ids),
+            )
+        self.config = config = fit_batch_to_scenes(config, len(self.train_scenes), ctx.world_size)
         self.micro_batch = per_rank_micro_batch(
             config.batch_size, ctx.world_size, config.grad_accum_steps
         )
@@ -397,11 +432,6 @@ class _Pretraining:
         )  # fmt: skip
         self.sampler = ResumableDistributedSampler(self.train_set, ctx, seed=config.seed)
         self.steps_per_epoch = len(self.sampler) // (self.micro_batch * config.grad_accum_steps)
-        if self.steps_per_epoch < 1:
-            raise ValueError(
-                f"batch_size: global batch {config.batch_size} exceeds the "
-                f"{len(self.train_scenes)} training scenes ({ctx.world_size} rank(s))"
-            )
         self.total_steps = config.epochs * self.steps_per_epoch
         self.stop_step = min(self.total_steps, config.max_steps or self.total_steps)
         loader_options: dict[str, Any] = {

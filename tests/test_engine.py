@@ -7,6 +7,7 @@ local grid store.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -268,3 +269,41 @@ def test_ddp_two_cpu_processes_with_torchrun(store_url, tmp_path):
     rng = checkpoint["rng"]
     assert len(rng) == 2  # each rank's own streams, so a resume is exact per rank
     assert not torch.equal(rng[0]["generators"]["mask"], rng[1]["generators"]["mask"])
+
+
+def test_fit_batch_to_scenes_caps_to_what_one_epoch_can_fill(caplog):
+    from model.engine import fit_batch_to_scenes
+
+    def fitted(batch, scenes, world, accum=1):
+        config = PretrainConfig(store_url="s", out_dir="o", batch_size=batch,
+                                grad_accum_steps=accum)  # fmt: skip
+        return fit_batch_to_scenes(config, scenes, world).batch_size
+
+    assert fitted(32, 3, 1) == 3
+    assert fitted(32, 5, 2) == 4  # 2 scenes per rank, the fifth is dropped
+    assert fitted(32, 7, 2, accum=2) == 4  # 3 per rank: one micro-batch of 1 per step
+    assert fitted(8, 20, 1) == 8  # fits: unchanged
+    assert "batch_size 32 exceeds the 3 training scene(s): using 3" in caplog.text
+    with pytest.raises(ValueError, match="1 training scene.*2 rank"):
+        fitted(4, 1, 2)
+
+
+def test_default_batch_runs_on_a_small_store_and_records_the_cap(store_url, tmp_path, caplog):
+    # The paper's batch of 32 on the 3 scenes of this store (1 held out): 2 per step.
+    config = _config(store_url, tmp_path / "run", batch_size=32, epochs=1, augment=False)
+    with caplog.at_level(logging.WARNING, logger="model.engine"):
+        summary = pretrain(config)
+    assert summary["steps"] == 1 and summary["train_scenes"] == 2
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["config"]["batch_size"] == 2
+    assert "batch_size 32 exceeds the 2 training scene(s)" in caplog.text
+    assert "no validation scene" not in caplog.text
+
+
+def test_a_store_of_one_grid_trains_and_warns_there_is_no_validation(tmp_path, caplog):
+    url = str(tmp_path / "one.zarr")
+    GridStore(url).write_grid("only", _grid(SHAPES[0], 0))
+    with caplog.at_level(logging.WARNING, logger="model.engine"):
+        summary = pretrain(_config(url, tmp_path / "run", batch_size=32, epochs=1))
+    assert summary["steps"] == 1 and summary["val_psnr"] is None and summary["recon_png"] is None
+    assert "no validation scene: 1 scene(s) in the store" in caplog.text
