@@ -3,7 +3,10 @@
 Per scene: ``train_nerf -> extract_grid -> write_grid`` (see :mod:`flows.scenes`), all
 scenes fanned out on the chosen task runner. A scene that fails is reported with its
 reason and never stops the others; the run ends with a table artifact (status, PSNR,
-time, grid size per scene) and returns the same rows.
+time, grid size per scene) and returns the same rows. Its state says how it went: Completed
+with a message such as ``"2 written, 1 failed; reasons in build-dataset-report"``, or Failed
+when no scene of its input is in the store at the end (called from Python, it then raises
+:class:`NoSceneStored`, which carries the rows).
 
 From the shell (Prefect 3 has no ``prefect run``; run the file, or a deployment)::
 
@@ -13,7 +16,7 @@ From the shell (Prefect 3 has no ``prefect run``; run the file, or a deployment)
 From Python::
 
     from flows.build_dataset import build_dataset
-    rows = build_dataset(scenes="data/scenes", store="data/grids.zarr", nerf={"steps": 2000})
+    rows = build_dataset(scenes="data/scenes", store="data/grids.zarr", nerf={"max_steps": 2000})
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
+from prefect.states import Completed, Failed, State
 
+from flows.run_logs import with_library_logs
 from flows.runners import choose_task_runner, gpu_resources
 from flows.scenes import (
     BuildSettings,
@@ -60,6 +65,7 @@ def process_scenes(
 
 
 @flow(name="build-dataset")
+@with_library_logs
 def build_dataset(
     scenes: str | list[str],
     store: str,
@@ -84,7 +90,7 @@ def build_dataset(
         scenes: a folder of scene folders, one scene folder, a glob, or a list of these.
         store: grid store URL (created if absent).
         runs_dir: where NeRF runs go (default: ``nerf_runs`` beside a local store).
-        nerf: ``TrainerConfig`` overrides, e.g. ``{"steps": 2000, "time_budget_s": 120}``.
+        nerf: ``TrainerConfig`` overrides, e.g. ``{"max_steps": 2000, "time_budget_s": 120}``.
         resolution: grid samples along the longest side of each scene box.
         extract: ``ExtractConfig`` overrides (``directions``, ``box``...).
         min_psnr: quality gate on the held-out PSNR (dB); None disables it.
@@ -132,13 +138,51 @@ def build_dataset(
         )
     reports.sort(key=lambda r: r["scene_id"])
 
+    outcome = summarize(reports)
     create_table_artifact(
         key=REPORT_ARTIFACT_KEY,
         table=[_artifact_row(r) for r in reports],
-        description=f"build-dataset into `{store}`: {summarize(reports)}",
+        description=f"build-dataset into `{store}`: {outcome}",
     )
-    logger.info("build-dataset: %s", summarize(reports))
-    return reports
+    if not any(r["status"] in STORED for r in reports):
+        message = f"no scene reached the store ({outcome}); reasons in {REPORT_ARTIFACT_KEY}"
+        logger.error("build-dataset: %s", message)
+        return Failed(message=message, data=NoSceneStored(message, reports))
+    if any(r["status"] not in STORED for r in reports):
+        outcome += f"; reasons in {REPORT_ARTIFACT_KEY}"
+        logger.warning("build-dataset: %s", outcome)
+    else:
+        logger.info("build-dataset: %s", outcome)
+    return Completed(message=outcome, data=reports)
+
+
+class NoSceneStored(RuntimeError):
+    """A ``build-dataset`` run after which no scene of its input is in the store.
+
+    The flow run ends Failed with this as its result; ``reports`` holds the per-scene
+    rows (what the report artifact shows).
+    """
+
+    def __init__(self, message: str, reports: list[dict[str, Any]]) -> None:
+        super().__init__(message, reports)
+        self.reports = reports
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def reports_of(state: State) -> list[dict[str, Any]]:
+    """The report rows of a finished ``build-dataset`` run, Completed or Failed."""
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, NoSceneStored):
+        return result.reports
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+STORED = frozenset({"written", "cached"})
+"""Report statuses of scenes that are in the store when the run ends."""
 
 
 def summarize(reports: list[dict[str, Any]]) -> str:
@@ -174,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--store", required=True, help="grid store URL")
     parser.add_argument("--runs-dir")
-    parser.add_argument("--steps", type=int, help="NeRF steps per scene")
+    parser.add_argument(
+        "--steps", type=int, help="NeRF optimiser steps per scene (TrainerConfig.max_steps)"
+    )
     parser.add_argument("--time-budget", type=float, help="NeRF seconds per scene")
     parser.add_argument("--backend", choices=("auto", "tcnn", "torch"))
     parser.add_argument(
@@ -182,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="KEY=JSON",
-        help="any other TrainerConfig field, e.g. --nerf-option batch_rays=1024",
+        help="any other TrainerConfig field, e.g. --nerf-option target_samples=16384",
     )
     parser.add_argument("--resolution", type=int, default=160)
     parser.add_argument("--min-psnr", type=float)
@@ -197,13 +243,13 @@ def main(argv: list[str] | None = None) -> int:
 
     nerf = parse_options(args.nerf_option)
     for key, value in (
-        ("steps", args.steps),
+        ("max_steps", args.steps),
         ("time_budget_s", args.time_budget),
         ("backend", args.backend),
     ):
         if value is not None:
             nerf[key] = value
-    reports = build_dataset(
+    state = build_dataset(
         scenes=args.scenes if len(args.scenes) > 1 else args.scenes[0],
         store=args.store,
         runs_dir=args.runs_dir,
@@ -217,14 +263,18 @@ def main(argv: list[str] | None = None) -> int:
         dask_address=args.dask_address,
         local_dask_workers=args.dask_workers,
         dask_gpus_per_task=args.dask_gpus_per_task,
+        return_state=True,
     )
+    reports = reports_of(state)
     for r in reports:
         print(json.dumps(r))
-    return 1 if any(r["status"] == "failed" for r in reports) else 0
+    if state.is_failed():
+        print(f"build-dataset: {state.message}", file=sys.stderr)
+    return 1 if state.is_failed() or any(r["status"] == "failed" for r in reports) else 0
 
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:
-    """``["steps=100", "backend=\\"torch\\""]`` -> ``{"steps": 100, "backend": "torch"}``."""
+    """``["max_steps=100", "backend=torch"]`` -> ``{"max_steps": 100, "backend": "torch"}``."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")

@@ -15,18 +15,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.states import Completed
 
 from flows.build_dataset import build_dataset, summarize
-from flows.pretrain import pretrain_mae
+from flows.pretrain import new_run_dir, pretrain_mae
+from flows.run_logs import with_library_logs
 from flows.tasks import generate_scene_task
 
 
 @flow(name="nerfmae-pipeline")
+@with_library_logs
 def nerfmae_pipeline(
     store: str = "data/grids.zarr",
     work_dir: str = "data/pipeline",
@@ -79,6 +81,8 @@ def nerfmae_pipeline(
     if not scenes:
         raise ValueError("nerfmae-pipeline: give scenes or synthetic_scenes > 0")
 
+    # Raises NoSceneStored (this run then fails with its message) when no scene reached
+    # the store: there is nothing to pretrain on.
     reports = build_dataset(
         scenes=scenes,
         store=store,
@@ -91,22 +95,18 @@ def nerfmae_pipeline(
         dask_address=dask_address,
         local_dask_workers=local_dask_workers,
     )
-    usable = [r for r in reports if r["status"] in ("written", "cached")]
     summary: dict[str, Any] = {
         "store": store,
         "work_dir": str(work),
         "scenes": reports,
         "pretrain": None,
     }
-    if pretraining is None:
-        return summary
-    if not usable:
-        raise RuntimeError(f"nerfmae-pipeline: no scene reached the store ({summarize(reports)})")
-    run_name = mae_run or time.strftime("%Y%m%d-%H%M%S")
-    summary["pretrain"] = pretrain_mae(
-        store=store, out_dir=str(work / "mae" / run_name), **pretraining
-    )
-    return summary
+    outcome = f"scenes: {summarize(reports)}"
+    if pretraining is not None:
+        run_dir = work / "mae" / mae_run if mae_run else new_run_dir(work / "mae")
+        summary["pretrain"] = pretrain_mae(store=store, out_dir=str(run_dir), **pretraining)
+        outcome += f"; pretrained {summary['pretrain']['steps']} steps into {run_dir}"
+    return Completed(message=outcome, data=summary)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ pictures.
 
 From the shell::
 
+    python flows/pretrain.py --store data/grids.zarr --preset tiny --epochs 5  # a new run folder
     python flows/pretrain.py --store data/grids.zarr --out runs/mae --preset tiny --epochs 5
     python flows/pretrain.py --store s3://bucket/grids.zarr --out runs/mae --nproc-per-node 8
 """
@@ -22,12 +23,15 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+
+from flows.run_logs import with_library_logs
 
 PRETRAIN_ARTIFACT_KEY = "pretrain-report"
 # Flags of ``python -m model.engine`` whose names differ from the config field.
@@ -68,6 +72,7 @@ def torchrun_command(config: dict[str, Any], nproc_per_node: int) -> list[str]:
 
 
 @task(name="pretrain_mae", cache_policy=NO_CACHE)
+@with_library_logs
 def run_pretraining(config: dict[str, Any], nproc_per_node: int = 1) -> dict[str, Any]:
     """Pretrain with ``PretrainConfig(**config)``; returns the engine's summary dict."""
     from model.engine import PretrainConfig, pretrain
@@ -153,10 +158,31 @@ def metrics_markdown(summary: dict[str, Any], store: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def new_run_dir(runs_dir: str | os.PathLike, now: time.struct_time | None = None) -> Path:
+    """A new, empty run folder under ``runs_dir`` named by the date and time.
+
+    A deployment started twice with its default parameters must not land in the first
+    run's folder (the engine refuses a folder that holds checkpoints, rightly).
+    """
+    root = Path(runs_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S", now or time.localtime())
+    candidate, n = root / stamp, 1
+    while True:
+        try:
+            candidate.mkdir()  # atomic: two runs started in the same second get two folders
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = root / f"{stamp}-{n}"
+
+
 @flow(name="pretrain-mae")
+@with_library_logs
 def pretrain_mae(
     store: str,
-    out_dir: str,
+    out_dir: str | None = None,
+    runs_dir: str = "runs/pretrain-mae",
     preset: str = "tiny",
     epochs: int = 10,
     batch_size: int = 4,
@@ -168,13 +194,18 @@ def pretrain_mae(
 
     Args:
         store: grid store URL.
-        out_dir: run folder (checkpoints, TensorBoard, ``recon/`` pictures, ``metrics.json``).
+        out_dir: run folder (checkpoints, TensorBoard, ``recon/`` pictures, ``metrics.json``);
+            None: a new folder named by the date and time under ``runs_dir``.
+        runs_dir: where runs without an ``out_dir`` go.
         preset: model preset (``tiny`` on a CPU, ``swin_s`` is the paper's model).
         epochs, batch_size: the schedule; ``batch_size`` is global over all devices.
         resolution: cube edge the grids are padded/cropped to (None: the preset's).
         nproc_per_node: devices; above 1 the engine runs under ``torchrun``.
         options: any other ``model.engine.PretrainConfig`` field (``lr``, ``max_steps``...).
     """
+    if out_dir is None:
+        out_dir = str(new_run_dir(runs_dir))
+        get_run_logger().info("run folder %s", out_dir)
     config = {
         "store_url": store,
         "out_dir": out_dir,
@@ -202,7 +233,9 @@ def pretrain_mae(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", required=True)
-    parser.add_argument("--out", required=True)
+    out = parser.add_mutually_exclusive_group()
+    out.add_argument("--out", help="run folder (default: a new dated folder under --runs-dir)")
+    out.add_argument("--runs-dir", default="runs/pretrain-mae", help="parent of dated run folders")
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=4)
@@ -215,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = pretrain_mae(
         store=args.store,
         out_dir=args.out,
+        runs_dir=args.runs_dir,
         preset=args.preset,
         epochs=args.epochs,
         batch_size=args.batch_size,

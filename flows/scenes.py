@@ -34,6 +34,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.run_logs import with_library_logs
 from flows.tasks import (
     GPU_LIMIT,
     config_from_dict,
@@ -203,6 +204,7 @@ def scene_report(
 
 # ----------------------------------------------------------------- the chain
 @task(name="process_scene", task_run_name="scene-{job.scene_id}", cache_policy=NO_CACHE)
+@with_library_logs
 def process_scene(job: SceneJob, settings: BuildSettings) -> dict[str, Any]:
     """Fingerprint -> store check -> train -> quality gate -> extract -> write, for one scene."""
     from grid_store import GridStore

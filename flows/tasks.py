@@ -17,6 +17,7 @@ several flow runs sharing one machine never put more than ``gpu_slots`` jobs on 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import os
 import time
@@ -30,6 +31,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
+
+from flows.run_logs import with_library_logs
 
 GPU_LIMIT = "nerfmae-gpu"
 """Name of the Prefect global concurrency limit that GPU tasks occupy one slot of."""
@@ -114,7 +117,12 @@ def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; known: {sorted(known)}")
+        hints = [f"{name!r}: {' or '.join(map(repr, close))}" for name in unknown
+                 if (close := _close_fields(name, known))]  # fmt: skip
+        did_you_mean = f" (did you mean {'; '.join(hints)}?)" if hints else ""
+        raise ValueError(
+            f"{cls.__name__}: unknown field(s) {unknown}{did_you_mean}; known: {sorted(known)}"
+        )
     kwargs = {}
     for name, value in values.items():
         nested = _dataclass_in(hints[name])
@@ -122,6 +130,13 @@ def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
             config_from_dict(nested, value) if nested and isinstance(value, dict) else value
         )
     return cls(**kwargs)
+
+
+def _close_fields(name: str, known: set[str]) -> list[str]:
+    """Known fields a mistyped ``name`` may mean: those containing it (``steps`` ->
+    ``max_steps``), else the closest spellings."""
+    containing = sorted(k for k in known if name in k)
+    return containing[:3] or difflib.get_close_matches(name, sorted(known), n=2, cutoff=0.75)
 
 
 def _dataclass_in(annotation: Any) -> type | None:
@@ -278,6 +293,7 @@ def write_grid_task(
 
 # ----------------------------------------------------------------- synthetic scenes
 @task(name="generate_scene", cache_policy=NO_CACHE)
+@with_library_logs
 def generate_scene_task(
     out_dir: str, seed: int, n_views: int = 50, image_size: int = 64, grid_resolution: int = 160
 ) -> str:

@@ -62,6 +62,7 @@ NERF = {
     "occupancy": {"resolution": 16, "update_every": 8, "warmup_steps": 8},
 }
 RES = 24
+LIBRARY_PACKAGES = {"nerf_training", "pipeline", "grid_store", "model"}
 FAST = {"nerf": NERF, "resolution": RES, "retries": 0, "retry_delay_s": 0.0, "max_parallel": 1}
 
 
@@ -148,6 +149,29 @@ def run_artifact(state, kind: str):
         )
     (art,) = [a for a in arts if a.type == kind]
     return art
+
+
+def run_logs(state) -> list:
+    """Every log record the API holds for the flow run of ``state`` and its sub-flow runs."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # records are sent in batches by a background worker
+    root = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[root])
+            )
+        )
+        ids = [root, *(child.id for child in children)]
+        return client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)))
 
 
 def table_artifact(state) -> list[dict]:
@@ -261,6 +285,14 @@ def test_build_dataset_writes_every_scene_and_a_table(
     assert rows["room_0"]["status"] == "written"
     assert rows["room_0"]["psnr_db"] == reports["room_0"]["psnr"]
     assert rows["room_0"]["grid"] == "x".join(map(str, reports["room_0"]["grid_shape"]))
+    assert state.message == "2 written"
+
+    # The library's own records (not only Prefect's) are in the run's logs, tied to a task.
+    library = [log for log in run_logs(state) if log.name.split(".")[0] in LIBRARY_PACKAGES]
+    wrote = [log for log in library if f"{store}: wrote scene room_0" in log.message]
+    assert len(wrote) == 1 and wrote[0].name == "grid_store.store"
+    assert wrote[0].task_run_id is not None
+    assert any(log.name == "pipeline.extract" and "extracting" in log.message for log in library)
 
 
 def test_rerun_skips_stored_scenes_and_new_resolution_reuses_nerfs(
@@ -310,6 +342,7 @@ def test_bad_scene_folders_fail_alone(prefect_api, scene_root, shared_runs, tmp_
     assert reports["missing_image"]["status"] == "failed"
     assert missing.name in reports["missing_image"]["reason"]
     assert GridStore(store, mode="r").list_scenes() == ["good"]
+    assert state.message == "2 failed, 1 written; reasons in build-dataset-report"
     rows = {row["scene"]: row for row in table_artifact(state)}
     assert (
         rows["missing_image"]["status"] == "failed"
@@ -318,20 +351,41 @@ def test_bad_scene_folders_fail_alone(prefect_api, scene_root, shared_runs, tmp_
 
 
 def test_quality_gate_rejects_without_writing(prefect_api, scene_root, shared_runs, tmp_path):
-    from flows.build_dataset import build_dataset
+    from flows.build_dataset import build_dataset, reports_of
     from grid_store import GridStore
 
     store = str(tmp_path / "grids.zarr")
-    reports = build_dataset(
+    state = build_dataset(
         scenes=str(scene_root / "room_0"),
         store=store,
         runs_dir=str(shared_runs),
         min_psnr=99.0,
+        return_state=True,
         **FAST,
     )
-    (r,) = reports
+    assert state.is_failed() and "no scene reached the store (1 rejected)" in state.message
+    (r,) = reports_of(state)
     assert r["status"] == "rejected" and "< min_psnr 99" in r["reason"] and r["psnr"] < 99
     assert GridStore(store, mode="r").list_scenes() == []
+
+
+def test_a_run_that_stores_nothing_fails_and_still_reports(prefect_api, scene_root, tmp_path):
+    from flows.build_dataset import NoSceneStored, build_dataset, reports_of
+
+    scenes = tmp_path / "scenes"
+    for name in ("a", "b"):
+        (scenes / name / "images").mkdir(parents=True)  # no transforms.json
+    kwargs = {**FAST, "scenes": str(scenes), "store": str(tmp_path / "grids.zarr")}
+    state = build_dataset(**kwargs, return_state=True)
+    assert state.is_failed()
+    assert state.message == "no scene reached the store (2 failed); reasons in build-dataset-report"
+    assert [r["status"] for r in reports_of(state)] == ["failed", "failed"]
+    rows = table_artifact(state)  # the report is written all the same
+    assert [row["scene"] for row in rows] == ["a", "b"]
+    assert all("no transforms.json" in row["reason"] for row in rows)
+    with pytest.raises(NoSceneStored, match="no scene reached the store") as raised:
+        build_dataset(**kwargs)  # from Python: an exception that carries the rows
+    assert [r["scene_id"] for r in raised.value.reports] == ["a", "b"]
 
 
 def test_transient_error_is_retried_and_bad_input_is_not(
@@ -428,6 +482,97 @@ def test_pipeline_flow_synthesizes_builds_and_pretrains(prefect_api, tmp_path):
     markdown = Artifact.get(PRETRAIN_ARTIFACT_KEY).data
     assert Path(mae["recon_png"]).parent.as_uri() in markdown
     assert f"{mae['val_psnr']:.4g}" in markdown
+
+
+def test_pretrain_flow_without_out_dir_never_reuses_a_run_folder(prefect_api, scene_root, tmp_path):
+    """Started twice without an out_dir, as the deployment is: two runs, two folders."""
+    from flows.pretrain import pretrain_mae
+    from grid_store import GridStore, RadianceGrid
+
+    store = GridStore(tmp_path / "grids.zarr", mode="a")
+    store.write_grid(
+        "room_0", RadianceGrid.load_npz(scene_root / "room_0" / "ground_truth" / "grid.npz")
+    )
+    options = {"num_workers": 0, "device": "cpu", "max_steps": 1}
+    runs = tmp_path / "runs"
+    first = pretrain_mae(store=store.url, runs_dir=str(runs), epochs=1, options=options)
+    second = pretrain_mae(store=store.url, runs_dir=str(runs), epochs=1, options=options)
+    assert first["steps"] == second["steps"] == 1
+    folders = sorted(p for p in runs.iterdir())
+    assert [str(p) for p in folders] == sorted([first["run_dir"], second["run_dir"]])
+    assert all((p / "checkpoints" / "latest.pt").is_file() for p in folders)
+
+
+def test_new_run_dir_names_by_time_and_never_collides(tmp_path):
+    from flows.pretrain import new_run_dir
+
+    now = time.strptime("2026-12-02 11:30:05", "%Y-%m-%d %H:%M:%S")
+    made = [new_run_dir(tmp_path / "runs", now) for _ in range(3)]
+    assert [p.name for p in made] == ["20261202-113005", "20261202-113005-2", "20261202-113005-3"]
+    assert all(p.is_dir() and not any(p.iterdir()) for p in made)
+
+
+def test_build_dataset_cli_steps_sets_the_trainers_max_steps(monkeypatch, scene_root):
+    import flows.build_dataset as module
+    from flows.tasks import config_from_dict
+    from nerf_training import TrainerConfig
+
+    seen = {}
+
+    def fake_flow(**kwargs):
+        seen.update(kwargs)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(module, "build_dataset", fake_flow)
+    with pytest.raises(SystemExit):
+        module.main(["--scenes", str(scene_root), "--store", "x.zarr", "--steps", "7",
+                     "--time-budget", "5", "--nerf-option", "target_samples=4096"])  # fmt: skip
+    assert seen["nerf"] == {"max_steps": 7, "time_budget_s": 5.0, "target_samples": 4096}
+    config = config_from_dict(TrainerConfig, seen["nerf"])
+    assert (config.max_steps, config.time_budget_s) == (7, 5.0)
+    with pytest.raises(ValueError, match="'steps': .*'max_steps'"):
+        config_from_dict(TrainerConfig, {"steps": 7})
+
+
+def test_documented_flow_parameters_are_valid_configs():
+    """prefect.yaml's deployments and the flows' docstring examples (what the UI's run form
+    shows) build the configs they name: a renamed field cannot hide in them again."""
+    import ast
+    import inspect
+    import re
+
+    import yaml
+
+    from flows import build_dataset, end_to_end, pretrain
+    from flows.tasks import config_from_dict
+    from model.engine import PretrainConfig
+    from nerf_training import TrainerConfig
+
+    flows_by_entry = {
+        "flows/build_dataset.py:build_dataset": build_dataset.build_dataset,
+        "flows/pretrain.py:pretrain_mae": pretrain.pretrain_mae,
+        "flows/end_to_end.py:nerfmae_pipeline": end_to_end.nerfmae_pipeline,
+    }
+    deployments = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+    assert {d["entrypoint"] for d in deployments} == set(flows_by_entry)
+    for deployment in deployments:
+        flow_fn = flows_by_entry[deployment["entrypoint"]]
+        params = deployment["parameters"]
+        assert set(params) <= set(inspect.signature(flow_fn.fn).parameters), deployment["name"]
+        if "nerf" in params:
+            config_from_dict(TrainerConfig, params["nerf"])
+        if "pretraining" in params:
+            pretraining = dict(params["pretraining"])
+            options = pretraining.pop("options", {})
+            assert set(pretraining) <= set(inspect.signature(pretrain.pretrain_mae.fn).parameters)
+            PretrainConfig(store_url="s", out_dir="o", **options)
+    examples = re.findall(
+        r"nerf=(\{[^}]*\})", build_dataset.__doc__ + build_dataset.build_dataset.fn.__doc__
+    )
+    examples += re.findall(r"``(\{[^}]*\})``", build_dataset.build_dataset.fn.__doc__)
+    assert examples
+    for text in examples:
+        config_from_dict(TrainerConfig, ast.literal_eval(text))
 
 
 @pytest.mark.slow
