@@ -89,6 +89,35 @@ def test_deployment_runs_through_a_process_worker(tmp_path):
             )
             start("worker", "worker", "start", "--pool", "nerfmae-process", "--limit", "1")
 
+            def run_deployment(name: str, params: dict) -> dict:
+                ran = cli("deployment", "run", name, "--params", json.dumps(params))
+                flow_run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", ran).group(1)
+                deadline = time.monotonic() + 150
+                while time.monotonic() < deadline:
+                    run = httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=5).json()
+                    if run["state"]["type"] in TERMINAL:
+                        break
+                    time.sleep(1)
+                worker_log = (logs / "worker.log").read_text()
+                assert run["state"]["type"] == "COMPLETED", (
+                    f"{name} ended {run['state']['type']}:\n{worker_log[-4000:]}"
+                )
+                return run
+
+            def messages_of(run: dict) -> list[dict]:
+                """The run's log records and its sub-flow runs' (the scenes' tasks)."""
+                children = httpx.post(
+                    f"{api}/flow_runs/filter",
+                    json={"flow_runs": {"parent_flow_run_id": {"any_": [run["id"]]}}},
+                    timeout=5,
+                ).json()
+                ids = [run["id"], *(c["id"] for c in children)]
+                return httpx.post(
+                    f"{api}/logs/filter",
+                    json={"logs": {"flow_run_id": {"any_": ids}}, "limit": 200},
+                    timeout=5,
+                ).json()
+
             params = {
                 "scenes": str(scene),
                 "store": str(store),
@@ -98,23 +127,35 @@ def test_deployment_runs_through_a_process_worker(tmp_path):
                 "retries": 0,
                 "min_psnr": None,
             }
-            ran = cli(
-                "deployment", "run", "build-dataset/build-dataset", "--params", json.dumps(params)
-            )
-            flow_run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", ran).group(1)
-
-            deadline = time.monotonic() + 150
-            state = None
-            while time.monotonic() < deadline:
-                run = httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=5).json()
-                state = run["state"]["type"]
-                if state in TERMINAL:
-                    break
-                time.sleep(1)
-            worker_log = (logs / "worker.log").read_text()
-            assert state == "COMPLETED", f"flow run ended {state}:\n{worker_log[-4000:]}"
+            run = run_deployment("build-dataset/build-dataset", params)
             assert GridStore(store, mode="r").list_scenes() == ["room_0"]
             assert run["parameters"]["store"] == str(store)
+            assert run["state"]["message"] == "1 written"
+            # What a user watching the UI reads: the library's own lines, in the task runs.
+            # The flow-run process sends its last records in a batch as it exits.
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                by_logger = {r["name"]: r["message"] for r in messages_of(run)}
+                if "grid_store.store" in by_logger:
+                    break
+                time.sleep(1)
+            assert "held-out" in by_logger.get("nerf_training.run", ""), sorted(by_logger)
+            assert f"{store}: wrote scene room_0" in by_logger.get("grid_store.store", "")
+
+            # pretrain-mae twice with the deployment's default output: two run folders.
+            mae = {
+                "store": str(store),
+                "runs_dir": str(tmp_path / "mae_runs"),
+                "preset": "tiny",
+                "epochs": 1,
+                "options": {"num_workers": 0, "device": "cpu"},
+            }
+            first = run_deployment("pretrain-mae/pretrain-mae", mae)
+            second = run_deployment("pretrain-mae/pretrain-mae", mae)
+            assert "out_dir" not in first["parameters"]
+            folders = sorted((tmp_path / "mae_runs").iterdir())
+            assert len(folders) == 2 and all((f / "metrics.json").is_file() for f in folders)
+            assert first["id"] != second["id"]
         finally:
             for proc in reversed(procs):
                 stop(proc)
