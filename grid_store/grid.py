@@ -200,6 +200,29 @@ class RadianceGrid:
             set_(self, "box_labels", labels)
         set_(self, "meta", _frozen(self.meta))
 
+    def __repr__(self) -> str:
+        # The dataclass repr printed every voxel: a 160^3 grid filled a terminal.
+        def vec(v: np.ndarray) -> str:
+            return "(" + ", ".join(f"{float(x):.4g}" for x in v) + ")"
+
+        parts = [
+            f"shape={self.shape}",
+            f"dtype={self.rgba.dtype}",
+            f"bbox_min={vec(self.bbox_min)}",
+            f"bbox_max={vec(self.bbox_max)}",
+            f"voxel_size={self.voxel_size:.4g}",
+            f"delta={self.delta:.4g}",
+            f"alpha>0.5={float((self.alpha > 0.5).mean()):.2%}",
+        ]
+        if self.semantic is not None:
+            parts.append(f"semantic={int(np.unique(self.semantic).size)} labels")
+        if self.boxes is not None:
+            parts.append(f"boxes={len(self.boxes)}")
+        if "source" in self.meta:
+            parts.append(f"source={self.meta['source']!r}")
+        parts.append(f"meta={sorted(self.meta)}")
+        return f"RadianceGrid({', '.join(parts)})"
+
     # ----------------------------------------------------------------- derived
     @property
     def shape(self) -> tuple[int, int, int]:

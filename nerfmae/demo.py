@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,25 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
+    from flows.build_dataset import NoSceneStored
     from flows.end_to_end import nerfmae_pipeline
 
     t0 = time.perf_counter()
-    summary = nerfmae_pipeline(
+    try:
+        summary = run_pipeline(nerfmae_pipeline, args)
+    except NoSceneStored as exc:
+        summary = {"scenes": exc.reports, "pretrain": None, "store": args.store,
+                   "work_dir": str(args.work_dir)}  # fmt: skip
+        print_summary(summary, time.perf_counter() - t0)
+        print(f"\nNeRF-MAE demo: {exc}", file=sys.stderr)
+        return 1
+    print_summary(summary, time.perf_counter() - t0)
+    return 1 if any(r["status"] == "failed" for r in summary["scenes"]) else 0
+
+
+def run_pipeline(nerfmae_pipeline, args: argparse.Namespace) -> dict[str, Any]:
+    """The ``nerfmae-pipeline`` flow with the demo's small settings."""
+    return nerfmae_pipeline(
         store=args.store,
         work_dir=str(args.work_dir),
         synthetic_scenes=args.scenes,
@@ -77,8 +93,6 @@ def main(argv: list[str] | None = None) -> int:
             },
         },
     )
-    print_summary(summary, time.perf_counter() - t0)
-    return 1 if any(r["status"] == "failed" for r in summary["scenes"]) else 0
 
 
 def print_summary(summary: dict[str, Any], seconds: float) -> None:
@@ -100,6 +114,14 @@ def print_summary(summary: dict[str, Any], seconds: float) -> None:
             f"train loss {_num(mae['train_loss'])}, val loss {_num(mae['val_loss'])}, "
             f"val PSNR {_num(mae['val_psnr'])} dB"
         )
+        note = (
+            "val PSNR: the colour of the held-out grid's occupied voxels (alpha > 0.01) as the "
+            f"MAE reconstructs it. {mae['steps']} steps of the tiny preset on "
+            f"{mae['train_scenes']} training grid(s) show that the chain runs end to end, not "
+            "what pretraining learns (the paper trains swin_s for 2000 epochs on thousands "
+            "of scenes)."
+        )
+        print(textwrap.fill(note, width=92, initial_indent="  ", subsequent_indent="  "))
     work = Path(summary["work_dir"])
     print("\nOutputs:")
     print(f"  scenes            {work / 'scenes'}")

@@ -56,6 +56,11 @@ from pipeline.field import GeometryRadianceField, RadianceField
 
 log = logging.getLogger(__name__)
 
+SCENE_NERF_BUDGET_S = 300.0
+"""Training budget of the NeRF that :func:`extract_grid` trains for a scene folder when no
+``trainer_config`` is given: the trainer's own default (20000 steps, no budget) is about an
+hour on a laptop CPU, far more than a user calling a sampling function expects; 300 s gets
+the synthetic rooms past 30 dB held-out on two cores (BENCHMARKS.md)."""
 BOX_KINDS = ("scene", "occupied")
 DIRECTION_KINDS = ("cameras", "fixed", "fibonacci")
 
@@ -187,11 +192,13 @@ def extract_grid(
             :func:`pipeline.synthetic.make_room` return); a NeRF run folder (holds
             ``checkpoint.pt``); or a scene folder (holds ``transforms.json``): a NeRF is
             trained first into ``run_dir`` (default ``<scene>_nerf`` beside the scene; an
-            existing checkpoint there is reused).
+            existing checkpoint there is reused), for :data:`SCENE_NERF_BUDGET_S` (300 s)
+            unless ``trainer_config`` says otherwise.
         resolution: overrides ``config.resolution`` (default 160).
         config: the :class:`ExtractConfig`; ``overrides`` replace single fields of it.
         run_dir: where a scene folder's NeRF is trained.
-        trainer_config: ``nerf_training.trainer.TrainerConfig`` for that training.
+        trainer_config: ``nerf_training.trainer.TrainerConfig`` for that training
+            (default: the trainer's defaults with a 300 s time budget).
         camera_origins: ``(C, 3)`` camera centres for ``directions="cameras"`` when
             ``source`` is a bare field (runs bring their own).
 
@@ -372,7 +379,13 @@ def _load_or_train(path: Path, run_dir: Any, trainer_config: Any) -> Any:
         if (target / "checkpoint.pt").is_file():
             log.info("reusing the trained NeRF in %s for scene %s", target, path)
         else:
-            log.info("training a NeRF for scene %s into %s", path, target)
+            if trainer_config is None:
+                trainer_config = nerf_training.TrainerConfig(time_budget_s=SCENE_NERF_BUDGET_S)
+            log.info(
+                "training a NeRF for scene %s into %s (time budget %s s, max steps %s)",
+                path, target, getattr(trainer_config, "time_budget_s", None),
+                getattr(trainer_config, "max_steps", None),
+            )  # fmt: skip
             nerf_training.train_nerf(path, target, config=trainer_config)
         return nerf_training.load_run(target)
     if (path / "config.json").is_file() or (path / "metrics.json").is_file():

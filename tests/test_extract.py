@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -348,6 +350,17 @@ def test_scene_folder_trains_beside_then_extracts(tmp_path, monkeypatch):
     extract_grid(scene, 6)  # the checkpoint is there now: reused, not retrained
     assert len(trained) == 1
 
+    # Without a trainer config, a time budget (not the trainer's 20000 steps: an hour on
+    # a laptop CPU) bounds the training a sampling call starts.
+    from pipeline.extract import SCENE_NERF_BUDGET_S
+
+    other = tmp_path / "room_8"
+    shutil.copytree(scene, other, ignore=shutil.ignore_patterns("*_nerf"))
+    extract_grid(other, 6)
+    (_, run_dir, config) = trained[-1]
+    assert run_dir == tmp_path / "room_8_nerf"
+    assert config.time_budget_s == SCENE_NERF_BUDGET_S == 300.0
+
 
 # ------------------------------------------------------------ bad input
 def test_missing_path_is_a_clear_error(tmp_path):
@@ -424,7 +437,9 @@ def test_cli_extract_to_npz_and_store(tmp_path, monkeypatch, capsys):
     )
     stored = GridStore(store, mode="r").read_grid("r1")
     assert stored.shape == (8, 8, 5) and stored.meta["colour_directions"]["name"] == "rpn18"
-    assert "8x8x5" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "grid 8x8x5, voxel " in printed and "NeRF held-out PSNR 31.50 dB" in printed
+    assert re.search(r"occupied \(alpha > 0\.5\) \d+\.\d\d% of voxels", printed)
     # Bad input exits cleanly (2) and writes nothing.
     assert main(["extract", str(run_dir), "--store", store, "--resolution", "8"]) == 2
     assert main(["extract", str(run_dir), "--store", store, "--scene-id", "../x"]) == 2

@@ -69,6 +69,14 @@ def test_npz_without_optional_labels(tmp_path):
     assert back.semantic is None and back.boxes is None and back.box_labels is None
 
 
+def test_repr_shows_shape_and_metadata_not_voxels():
+    g = make_grid(shape=(40, 30, 20), boxes=np.ones((2, 7), np.float32), box_labels=np.ones(2, int))
+    text = repr(g)
+    assert text.startswith("RadianceGrid(shape=(40, 30, 20), dtype=float32, bbox_min=(-1, 0, 2)")
+    assert "voxel_size=0.5" in text and "boxes=2" in text and "source='test'" in text
+    assert len(text) < 400  # the dataclass repr printed all 96000 values
+
+
 def test_grid_is_frozen():
     g = make_grid()
     with pytest.raises(ValueError):

@@ -13,7 +13,12 @@ def register(subparsers) -> None:
         description="Sample a trained field on a regular grid in the scene box: RGB averaged over "
         "viewing directions, alpha = 1 - exp(-sigma * voxel_size). Write a .npz or a store scene.",
     )
-    parser.add_argument("source", type=Path, help="NeRF run folder (checkpoint.pt) or scene folder")
+    parser.add_argument(
+        "source",
+        type=Path,
+        help="NeRF run folder (checkpoint.pt), or a scene folder: a NeRF is trained first "
+        "(300 s budget) into --run-dir",
+    )
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--out", type=Path, help="write the grid to this .npz (contract 1)")
     target.add_argument("--store", help="write into this grid store URL (needs --scene-id)")
@@ -46,7 +51,10 @@ def register(subparsers) -> None:
         help="store voxels with alpha below this as empty (alpha and colour 0); 0 keeps all",
     )
     parser.add_argument(
-        "--run-dir", type=Path, default=None, help="scene folder: train the NeRF here"
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="scene folder: train the NeRF here (default: SCENE_nerf beside the scene)",
     )
     parser.add_argument("--device", default=None, help="torch device (default: the field's)")
     parser.set_defaults(func=run)
@@ -82,10 +90,18 @@ def run(args: argparse.Namespace) -> int:
     else:
         GridStore(args.store, mode="a").write_grid(args.scene_id, grid)
         where = f"{args.store} scene {args.scene_id}"
-    psnr = (grid.meta.get("nerf") or {}).get("psnr_holdout")
-    print(
-        f"grid {'x'.join(map(str, grid.shape))} voxel {grid.voxel_size:.4g} "
-        f"alpha>0.5: {float((grid.alpha > 0.5).mean()):.3%} "
-        f"psnr_holdout {psnr if psnr is not None else '-'} -> {where}"
-    )
+    print(extraction_line(grid, where))
     return 0
+
+
+def extraction_line(grid, where: str) -> str:
+    """What ``nerfmae extract`` prints: the grid, how much of it is occupied, the NeRF's
+    held-out PSNR, and where it went."""
+    psnr = (grid.meta.get("nerf") or {}).get("psnr_holdout")
+    alpha = grid.alpha
+    return (
+        f"grid {'x'.join(map(str, grid.shape))}, voxel {grid.voxel_size:.4g}; "
+        f"occupied (alpha > 0.5) {float((alpha > 0.5).mean()):.2%} of voxels, "
+        f"non-empty (alpha > 0) {float((alpha > 0).mean()):.2%}; "
+        f"NeRF held-out PSNR {f'{psnr:.2f} dB' if psnr is not None else 'unknown'} -> {where}"
+    )

@@ -37,7 +37,9 @@ def register(subparsers) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="finest hash-grid resolution (default: the preset's; 64 suits 64x64 synthetic rooms)",
+        help="finest hash-grid resolution (default: matched to the training pixels, about one "
+        "cell per pixel footprint over the scene box, capped at the preset's 512 on CPU / "
+        "2048 on CUDA: 64 for 64x64 synthetic rooms, 256 for 200x200 lego)",
     )
     p.add_argument(
         "--threads",
