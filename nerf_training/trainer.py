@@ -476,7 +476,9 @@ class NerfTrainer:
         """
         cfg = self.config
         self.field.train()
-        total = cfg.max_steps if cfg.max_steps is not None else None
+        # Under a time budget the step count that ends training is unknown: a bar towards
+        # max_steps showed an ETA of an hour for a 20 s run. Count steps, show the seconds left.
+        total = cfg.max_steps if cfg.time_budget_s is None else None
         bar = tqdm(
             total=total,
             initial=self.step,
@@ -499,6 +501,11 @@ class NerfTrainer:
                     loss=f"{info['loss']:.4f}",
                     rays=info["rays"],
                     samples=info["samples"],
+                    **(
+                        {"left": f"{max(0.0, cfg.time_budget_s - self.elapsed_s):.0f}s"}
+                        if cfg.time_budget_s is not None
+                        else {}
+                    ),
                     refresh=False,
                 )
         finally:

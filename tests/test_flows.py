@@ -387,6 +387,15 @@ def test_a_run_that_stores_nothing_fails_and_still_reports(prefect_api, scene_ro
         build_dataset(**kwargs)  # from Python: an exception that carries the rows
     assert [r["scene_id"] for r in raised.value.reports] == ["a", "b"]
 
+    from flows.end_to_end import nerfmae_pipeline
+
+    with pytest.raises(NoSceneStored):  # the whole chain stops there, before pretraining
+        nerfmae_pipeline(
+            store=kwargs["store"], work_dir=str(tmp_path / "work"), scenes=str(scenes),
+            nerf=NERF, resolution=RES, max_parallel=1, pretraining={"preset": "tiny"},
+        )  # fmt: skip
+    assert not (tmp_path / "work" / "mae").exists()
+
 
 def test_transient_error_is_retried_and_bad_input_is_not(
     prefect_api, scene_root, tmp_path, monkeypatch
