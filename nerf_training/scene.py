@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from nerf_training.cameras import Cameras
+from nerf_training.depth import DEFAULT_DEPTH_UNIT_SCALE, downscale_depth, read_depth_map
 from nerf_training.images import (
     ImageHeader,
     composite_onto,
@@ -95,6 +96,9 @@ class Scene:
     """Where ``aabb`` came from, in words (recorded next to outputs)."""
     source_format: str = ""
     """``"transforms"`` (nerfstudio / instant-ngp) or ``"blender"``."""
+    depths: torch.Tensor | None = None
+    """``(N, H, W)`` float32 z-depth in scene units (0: no measurement) when every frame
+    names a ``depth_file_path`` (:mod:`nerf_training.depth`); None without depth."""
 
     def camera_origins(self, idx: torch.Tensor | None = None) -> torch.Tensor:
         """``(n, 3)`` world positions of the cameras ``idx`` (all when None)."""
@@ -120,6 +124,7 @@ class _Frame:
     w: int | None
     h: int | None
     distortion: tuple[float, float, float, float]
+    depth_path: Path | None = None
 
 
 @dataclass
@@ -173,15 +178,17 @@ def load_scene(
     if background is not None and channels == 4:
         images = np.stack([composite_onto(im, background) for im in images])
         channels = 3
+    depths = _read_depths(frames, parsed, headers[0], downscale)
 
     logger.info(
-        "loaded %s: %d frames (%d train, %d held out), %dx%d, aabb from %s",
+        "loaded %s: %d frames (%d train, %d held out), %dx%d%s, aabb from %s",
         root,
         len(frames),
         len(train_idx),
         len(holdout_idx),
         width,
         height,
+        " with depth" if depths is not None else "",
         aabb_source,
     )
     return Scene(
@@ -195,7 +202,37 @@ def load_scene(
         has_alpha=channels == 4,
         aabb_source=aabb_source,
         source_format=source_format,
+        depths=None if depths is None else torch.from_numpy(depths),
     )
+
+
+def _read_depths(
+    frames: Sequence[_Frame], parsed: _Parsed, header: ImageHeader, downscale: int
+) -> np.ndarray | None:
+    """``(N, H, W)`` float32 depth when the frames name depth maps (all or none of them)."""
+    with_depth = [f for f in frames if f.depth_path is not None]
+    if not with_depth:
+        return None
+    if len(with_depth) != len(frames):
+        missing = next(f for f in frames if f.depth_path is None)
+        raise SceneLoadError(
+            f"{missing.where}: no field 'depth_file_path' while {len(with_depth)} other frames "
+            "have one; depth must be given for every frame or for none"
+        )
+    unit = parsed.meta.get("depth_unit_scale_factor", DEFAULT_DEPTH_UNIT_SCALE)
+    unit = _number(unit, str(parsed.meta_path), "depth_unit_scale_factor")
+    if unit <= 0:
+        raise SceneLoadError(
+            f"{parsed.meta_path}: field 'depth_unit_scale_factor' must be positive, got {unit}"
+        )
+    maps = []
+    for f in frames:
+        try:
+            depth = read_depth_map(f.depth_path, unit, (header.width, header.height), f.where)
+        except ValueError as e:
+            raise SceneLoadError(str(e)) from e
+        maps.append(downscale_depth(depth, downscale))
+    return np.stack(maps)
 
 
 # ---------------------------------------------------------------- formats and splits
@@ -351,7 +388,15 @@ def _parse_frame(path: Path, i: int, raw: Any, meta: dict) -> _Frame:
     image_path = Path(file_path)
     if not image_path.is_absolute():
         image_path = path.parent / image_path
+    depth_path = raw.get("depth_file_path")
+    if depth_path is not None:
+        if not isinstance(depth_path, str) or not depth_path:
+            raise SceneLoadError(f"{where}: field 'depth_file_path' is not a non-empty string")
+        depth_path = Path(depth_path)
+        if not depth_path.is_absolute():
+            depth_path = path.parent / depth_path
     return _Frame(
+        depth_path=depth_path,
         where=where,
         name=_normalise(file_path),
         path=image_path,
