@@ -43,7 +43,9 @@ once the lease runs out and the server's repossessor (every 15 s) sees it: with 
 default 300 s lease a rerun after a crash sat up to 5 minutes waiting for the dead run's
 slot."""
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".exr", ".webp", ".tif", ".tiff"})
+# Files a NeRF is trained from besides transforms*.json: images, and depth maps (16-bit PNG
+# or float32 .npy, nerfstudio's depth_file_path).
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".exr", ".webp", ".tif", ".tiff", ".npy"})
 # Errors that repeat identically on every attempt: retrying them only delays the report.
 PERMANENT_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, TypeError)
 
@@ -151,7 +153,8 @@ def _dataclass_in(annotation: Any) -> type | None:
 
 # ----------------------------------------------------------------- fingerprint
 def scene_fingerprint(scene_dir: str | os.PathLike, mode: str = "content") -> str:
-    """Hash of what a NeRF is trained from: the ``transforms*.json`` files and the images.
+    """Hash of what a NeRF is trained from: the ``transforms*.json`` files, the images and
+    the depth maps.
 
     ``mode="content"`` hashes file bytes (survives copies and regenerated identical
     scenes); ``mode="stat"`` hashes sizes and modification times (cheap on huge scenes).

@@ -26,6 +26,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="ground-truth samples along the longest side of the scene box",
     )
     p.add_argument(
+        "--no-depth",
+        dest="depth",
+        action="store_false",
+        help="write no depth maps (an RGB-only capture); by default each view gets its exact "
+        "z-depth as a 16-bit millimetre PNG (depth/, nerfstudio's depth_file_path)",
+    )
+    p.add_argument(
+        "--depth-noise",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="sensor-like multiplicative depth noise, e.g. 0.01 for 1%% (default 0: exact)",
+    )
+    p.add_argument(
+        "--depth-holes",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="fraction of pixels without a depth measurement, at random (default 0)",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -41,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from pipeline.synthetic import generate_scene
+    from pipeline.synthetic import DepthConfig, generate_scene
 
     if args.scenes < 1:
         raise ValueError(f"--scenes must be >= 1, got {args.scenes}")
@@ -58,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
             n_views=args.views,
             image_size=args.image_size,
             grid_resolution=args.grid_resolution,
+            depth_config=DepthConfig(
+                write=args.depth, noise=args.depth_noise, holes=args.depth_holes
+            ),
         )
         print(
             f"{scene}  seed {seed}  {args.views} views {args.image_size}x{args.image_size}  "

@@ -13,9 +13,10 @@ from pipeline.synthetic.furniture import CLASS_ID, FURNITURE_CLASSES, SEMANTIC_C
 from pipeline.synthetic.ground_truth import GroundTruthConfig, sample_ground_truth
 from pipeline.synthetic.render import RenderConfig, render_rays, render_views
 from pipeline.synthetic.room import RoomConfig, SyntheticRoom, make_room
-from pipeline.synthetic.writer import generate_scene
+from pipeline.synthetic.writer import DepthConfig, generate_scene
 
 __all__ = [
+    "DepthConfig",
     "CLASS_ID",
     "FURNITURE_CLASSES",
     "SEMANTIC_CLASSES",

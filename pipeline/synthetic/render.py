@@ -64,6 +64,7 @@ class RaySamples(NamedTuple):
     """The samples that contribute to a batch of rays, flattened."""
 
     ray: torch.Tensor  # (n,) int64 index of the ray
+    t: torch.Tensor  # (n,) distance along the ray (bin midpoint)
     x: torch.Tensor  # (n, 3) world position
     part: torch.Tensor  # (n,) nearest part (decides the colour)
     weight: torch.Tensor  # (n,) compositing weight
@@ -104,7 +105,7 @@ def _sample_chunk(
         weight = volume_weights(field.sigma_from_sdf(near.sdf), edges[:, 1:] - edges[:, :-1])
         keep = weight > min_weight  # (Rk, M)
         ray = rows.unsqueeze(1).expand_as(keep)[keep]
-        out.append(RaySamples(ray, x[keep], near.part[keep], weight[keep]))
+        out.append(RaySamples(ray, mid[keep], x[keep], near.part[keep], weight[keep]))
     return RaySamples(*(torch.cat(f) for f in zip(*out, strict=True)))
 
 
@@ -114,8 +115,9 @@ def render_rays(
     origins: torch.Tensor,
     dirs: torch.Tensor,
     config: RenderConfig | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Colour ``(R, 3)`` and opacity ``(R,)`` of rays ``(R, 3)`` (unit ``dirs``) through ``field``.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Colour ``(R, 3)``, opacity ``(R,)`` and expected termination distance ``(R,)`` (along
+    the unit rays, ``sum_i w_i t_i``) of rays ``(R, 3)`` through ``field``.
 
     Colour is looked up once for all contributing samples (grouping by part is what
     makes texture evaluation cheap), then summed into the pixels.
@@ -139,7 +141,8 @@ def render_rays(
         0, samples.ray, samples.weight[:, None] * colour
     )
     opacity = origins.new_zeros(len(origins)).index_add_(0, samples.ray, samples.weight)
-    return rgb, opacity
+    depth = origins.new_zeros(len(origins)).index_add_(0, samples.ray, samples.weight * samples.t)
+    return rgb, opacity, depth
 
 
 def render_views(
@@ -147,17 +150,27 @@ def render_views(
     c2w: np.ndarray,
     intrinsics: Intrinsics,
     config: RenderConfig | None = None,
-) -> np.ndarray:
-    """``(V, H, W, 3)`` uint8 images of ``field`` from poses ``(V, 4, 4)``."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(V, H, W, 3)`` uint8 images and ``(V, H, W)`` float32 z-depth maps of ``field``
+    from poses ``(V, 4, 4)``.
+
+    A pixel's depth is the mean over its sub-pixel rays of the expected termination
+    distance projected on the camera's viewing axis (``t * (d . forward)``), the z-depth an
+    RGB-D sensor reports: the same rays and weights as its colour.
+    """
     config = config or RenderConfig()
     n = config.supersampling
     if n < 1:
         raise ValueError(f"RenderConfig.supersampling must be >= 1, got {n}")
-    total = None
+    c2w_t = torch.as_tensor(c2w, dtype=torch.float32).reshape(-1, 4, 4)
+    forward = -c2w_t[:, None, None, :3, 2]  # (V, 1, 1, 3) unit: poses are rigid
+    total = total_depth = None
     for i, j in itertools.product(range(n), repeat=2):
         offset = ((i + 0.5) / n, (j + 0.5) / n)
-        origins, dirs = pixel_rays(torch.as_tensor(c2w), intrinsics, offset)  # (V, H, W, 3) each
-        rgb, _ = render_rays(field, origins, dirs, config)
+        origins, dirs = pixel_rays(c2w_t, intrinsics, offset)  # (V, H, W, 3) each
+        rgb, _, t = render_rays(field, origins, dirs, config)
+        z = t.reshape(origins.shape[:-1]) * (dirs * forward).sum(-1)  # (V, H, W)
         total = rgb if total is None else total + rgb
+        total_depth = z if total_depth is None else total_depth + z
     images = (total.div(n * n).clamp(0.0, 1.0) * 255.0 + 0.5).floor().to(torch.uint8)
-    return images.reshape(*origins.shape).numpy()
+    return images.reshape(*origins.shape).numpy(), total_depth.div(n * n).numpy()

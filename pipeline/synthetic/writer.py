@@ -3,6 +3,8 @@
 ```
 <scene>/transforms.json          nerfstudio / instant-ngp cameras, scene aabb
 <scene>/images/frame_0000.png    RGB renders of the analytic field
+<scene>/depth/frame_0000.png     z-depth of the same rays, 16-bit millimetres (nerfstudio's
+                                 depth_file_path / depth_unit_scale_factor convention)
 <scene>/ground_truth/grid.npz    the exact RadianceGrid with semantic, boxes, box_labels
 <scene>/contact_sheet.png        a few views and the floor plan, for a human
 ```
@@ -22,6 +24,7 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +38,42 @@ from pipeline.synthetic.render import RenderConfig, render_views
 from pipeline.synthetic.room import RoomConfig, make_room
 
 logger = logging.getLogger(__name__)
+
+DEPTH_UNIT = 1e-3
+"""Depth PNGs hold millimetres (``depth_unit_scale_factor``), nerfstudio's default."""
+
+
+@dataclass(frozen=True)
+class DepthConfig:
+    """The depth maps written with the images: exact, or sensor-like.
+
+    Exact depth is the expected termination depth of the same rays as the colour (z-depth,
+    rounded to the millimetre). A real RGB-D sensor's depth is noisier with distance and
+    has holes (dark, shiny or far surfaces): ``noise`` and ``holes`` imitate that.
+    """
+
+    write: bool = True
+    """Write ``depth/`` and the frames' ``depth_file_path`` (False: an RGB-only capture)."""
+    noise: float = 0.0
+    """Standard deviation of multiplicative Gaussian noise (0.01: 1 % of the depth)."""
+    holes: float = 0.0
+    """Fraction of pixels, drawn at random, with no measurement (written as 0)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.noise < 1.0:
+            raise ValueError(f"DepthConfig.noise must be in [0, 1), got {self.noise}")
+        if not 0.0 <= self.holes < 1.0:
+            raise ValueError(f"DepthConfig.holes must be in [0, 1), got {self.holes}")
+
+
+def depth_png(depth: np.ndarray, rng: np.random.Generator, config: DepthConfig) -> np.ndarray:
+    """``(H, W)`` z-depth in metres -> uint16 millimetres, with the configured imperfections."""
+    if config.noise > 0:
+        depth = depth * (1.0 + config.noise * rng.standard_normal(depth.shape))
+    millimetres = np.clip(np.round(depth / DEPTH_UNIT), 0, np.iinfo(np.uint16).max)
+    if config.holes > 0:
+        millimetres[rng.random(depth.shape) < config.holes] = 0
+    return millimetres.astype(np.uint16)
 
 GENERATOR = "nerf-mae synthetic room v1"
 """Marks a folder as ours in ``transforms.json``; only such folders are ever replaced."""
@@ -82,6 +121,7 @@ def generate_scene(
     camera_config: CameraPathConfig | None = None,
     render_config: RenderConfig | None = None,
     ground_truth_config: GroundTruthConfig | None = None,
+    depth_config: DepthConfig | None = None,
 ) -> Path:
     """Generate the room of ``seed`` and write its scene folder at ``out_dir``; returns it."""
     out_dir = Path(out_dir)
@@ -102,7 +142,8 @@ def generate_scene(
     started = time.perf_counter()
     room = make_room(seed, room_config)
     c2w, intrinsics = camera_path(room, n_views, image_size, seed, camera_config)
-    images = render_views(room.field, c2w, intrinsics, render_config)  # (V, H, W, 3) uint8
+    depth_config = depth_config or DepthConfig()
+    images, depths = render_views(room.field, c2w, intrinsics, render_config)  # uint8, metres
     rendered = time.perf_counter()
     grid = sample_ground_truth(room, grid_resolution, ground_truth_config)
     sampled = time.perf_counter()
@@ -123,9 +164,18 @@ def generate_scene(
             }
         }
         meta = transforms_json(c2w, intrinsics, room.aabb, extra)
+        if depth_config.write:
+            (staging / "depth").mkdir()
+            meta["depth_unit_scale_factor"] = DEPTH_UNIT
+            rng = np.random.default_rng([int(seed), 2])
+            for frame in meta["frames"]:
+                frame["depth_file_path"] = frame["file_path"].replace("images/", "depth/", 1)
         (staging / "transforms.json").write_text(json.dumps(meta, indent=2) + "\n")
-        for frame, image in zip(meta["frames"], images, strict=True):
+        for frame, image, depth in zip(meta["frames"], images, depths, strict=True):
             Image.fromarray(image).save(staging / frame["file_path"])
+            if depth_config.write:
+                png = depth_png(depth, rng, depth_config)
+                Image.fromarray(png).save(staging / frame["depth_file_path"])
         # contract 1: float16 on disk
         grid = grid.replace(rgba=grid.rgba.astype(np.float16))
         grid.save_npz(staging / "ground_truth" / "grid.npz")
