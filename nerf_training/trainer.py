@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from nerf_training.depth import ray_distance
+from nerf_training.depth_loss import depth_losses
 from nerf_training.field import (
     FieldConfig,
     NGPField,
@@ -104,6 +106,16 @@ class TrainerConfig:
     """Drop samples once transmittance falls below this."""
     alpha_thre: float = 0.0
     """Drop samples whose opacity is below this (0: keep all occupied samples)."""
+    use_depth: bool = True
+    """Supervise the rays with the scene's depth maps when it has them (False: RGB only)."""
+    depth_weight: float = 0.1
+    """Weight of the expected-depth L1 term (distances in box diagonals); see
+    :mod:`nerf_training.depth_loss`."""
+    free_space_weight: float = 0.1
+    """Weight of the free-space term: compositing weight in front of the measured surface."""
+    depth_margin: float = 0.01
+    """Free-space term: distance in front of the measured depth it leaves alone, as a
+    fraction of the box diagonal (the surface's own footprint and the sensor's noise)."""
     distortion_weight: float = 0.0
     """Weight of Mip-NeRF 360's distortion loss (distances in units of the box diagonal)
     added to the photometric MSE; it removes semi-transparent floaters (0: off)."""
@@ -269,6 +281,8 @@ class NerfTrainer:
         self.images = scene.images.to(self.device)  # (N, H, W, C) uint8
         self.cameras = scene.cameras.to(self.device)
         self.train_idx = scene.train_idx.to(self.device)
+        has_depth = config.use_depth and getattr(scene, "depths", None) is not None
+        self.depths = scene.depths.to(self.device) if has_depth else None  # (N, H, W)
         self.white = torch.ones(3, device=self.device)
         self.step = 0
         self.elapsed_s = 0.0
@@ -346,7 +360,8 @@ class NerfTrainer:
     # ---------------------------------------------------------------- one step
 
     def _sample_batch(self, n_rays: int):
-        """Random training pixels -> origins, dirs, targets, backgrounds, each ``(R, 3)``."""
+        """Random training pixels -> origins, dirs, targets, backgrounds, each ``(R, 3)``, and
+        the measured distance along each ray ``(R,)`` (None without depth maps)."""
         _, h, w, _ = self.images.shape
         g = self.generator
         cam = self.train_idx[torch.randint(len(self.train_idx), (n_rays,), generator=g)]
@@ -363,7 +378,10 @@ class NerfTrainer:
             target = pixels[:, :3] * alpha + background * (1 - alpha)
         else:
             background, target = None, pixels[:, :3]
-        return origins, dirs, target, background
+        ray_depth = None
+        if self.depths is not None:
+            ray_depth = ray_distance(self.depths[cam, y, x], dirs, self.cameras.c2w[cam])
+        return origins, dirs, target, background, ray_depth
 
     def _autocast(self):
         if self.device.type != "cuda" or self.config.amp == "none":
@@ -397,10 +415,18 @@ class NerfTrainer:
             self.grid.update(self.step, self.field.density, self.occupancy_step)
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate()
-        origins, dirs, target, background = self._sample_batch(self.n_rays)
+        origins, dirs, target, background, ray_depth = self._sample_batch(self.n_rays)
         rendered, samples = self.render(origins, dirs, background, train=True)
         n_samples = len(samples)
         loss = F.mse_loss(rendered.rgb, target)
+        if ray_depth is not None:
+            cfg = self.config
+            terms = depth_losses(
+                rendered.weights.float(), samples, rendered.depth.float(), ray_depth,
+                cfg.depth_margin * self.diagonal, self.diagonal,
+            )  # fmt: skip
+            loss = loss + cfg.depth_weight * terms.expected_depth
+            loss = loss + cfg.free_space_weight * terms.free_space
         if self.config.distortion_weight > 0:
             loss = loss + self.config.distortion_weight * distortion_loss(
                 rendered.weights.float(), samples, len(origins), self.diagonal
@@ -529,33 +555,42 @@ class NerfTrainer:
         return p[..., :3]
 
     @torch.no_grad()
-    def render_rays_chunked(self, origins, dirs) -> tuple[torch.Tensor, torch.Tensor]:
-        """Evaluation render ``(R, 3)`` rays -> rgb ``(R, 3)``, opacity ``(R,)``."""
+    def render_rays_chunked(self, origins, dirs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Evaluation render ``(R, 3)`` rays -> rgb ``(R, 3)``, opacity and depth ``(R,)``."""
         was_training = self.field.training
         self.field.eval()
         background = self.white if self.scene.has_alpha else None
-        rgbs, opacities = [], []
+        rgbs, opacities, depths = [], [], []
         chunk = self.config.eval_chunk
         for o, d in zip(origins.split(chunk), dirs.split(chunk), strict=True):
             rendered, _ = self.render(o, d, background, train=False)
             rgbs.append(rendered.rgb)
             opacities.append(rendered.opacity)
+            depths.append(rendered.depth)
         self.field.train(was_training)
-        return torch.cat(rgbs).clamp(0, 1), torch.cat(opacities)
+        return torch.cat(rgbs).clamp(0, 1), torch.cat(opacities), torch.cat(depths)
 
     def quick_holdout_psnr(self) -> float:
         """PSNR on the fixed subset of held-out pixels (cheap; for target-PSNR stopping)."""
         cam, x, y = (t.to(self.device) for t in self._check_set)
         origins, dirs = self.cameras.generate_rays(cam, x + 0.5, y + 0.5)
-        rgb, _ = self.render_rays_chunked(origins, dirs)
+        rgb, _, _ = self.render_rays_chunked(origins, dirs)
         return psnr(rgb, self._eval_target(self.images[cam, y, x]))
 
     @torch.no_grad()
     def render_view(self, cam: int) -> torch.Tensor:
         """Full-resolution render of camera ``cam`` -> ``(H, W, 3)`` in [0, 1]."""
+        return self.render_view_with_depth(cam)[0]
+
+    @torch.no_grad()
+    def render_view_with_depth(self, cam: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Render of camera ``cam``: rgb ``(H, W, 3)`` and z-depth ``(H, W)``."""
         origins, dirs = self.cameras.image_rays(cam)
-        rgb, _ = self.render_rays_chunked(origins, dirs)
-        return rgb.view(self.cameras.height, self.cameras.width, 3)
+        rgb, _, t = self.render_rays_chunked(origins, dirs)
+        forward = -self.cameras.c2w[cam, :3, 2]
+        z = t * (dirs @ (forward / forward.norm()))
+        shape = (self.cameras.height, self.cameras.width)
+        return rgb.view(*shape, 3), z.view(shape)
 
     def evaluate(self, render_dir: Path | None = None) -> dict:
         """Mean PSNR / SSIM over the held-out views; renders saved as PNG to ``render_dir``."""
@@ -566,17 +601,30 @@ class NerfTrainer:
         if render_dir is not None:
             render_dir.mkdir(parents=True, exist_ok=True)
         psnrs, ssims = [], []
+        depth_errors: list[torch.Tensor] = []  # (n, 2): |error| and measured depth, per view
+        scene_depths = getattr(self.scene, "depths", None)
         for cam in views.tolist():
-            pred = self.render_view(cam).cpu()
+            pred, pred_depth = self.render_view_with_depth(cam)
+            pred = pred.cpu()
             target = self._eval_target(self.images[cam]).cpu()
             psnrs.append(psnr(pred, target))
             ssims.append(ssim(pred, target))
+            if scene_depths is not None:
+                measured = scene_depths[cam]
+                valid = measured > 0
+                error = (pred_depth.cpu() - measured)[valid].abs()
+                depth_errors.append(torch.stack([error, measured[valid]], dim=1))
             if render_dir is not None:
                 stem = Path(self.scene.frame_names[cam]).stem or f"view_{cam:04d}"
                 image = (pred.numpy() * 255.0 + 0.5).astype(np.uint8)
                 Image.fromarray(image).save(render_dir / f"{cam:04d}_{stem}.png")
-        return {
+        metrics = {
             "psnr_holdout": float(np.mean(psnrs)),
             "ssim_holdout": float(np.mean(ssims)),
             "n_holdout_views": len(views),
         }
+        if depth_errors:
+            error, measured = torch.cat(depth_errors).unbind(1)
+            metrics["depth_abs_rel_holdout"] = float((error / measured).mean())
+            metrics["depth_rmse_holdout"] = float(error.square().mean().sqrt())
+        return metrics

@@ -11,7 +11,9 @@ def register(subparsers) -> None:
         "train-nerf",
         help="train a hash-grid NeRF on one scene folder",
         description="Train an Instant-NGP NeRF on SCENE_DIR; writes config.json, "
-        "checkpoint.pt, metrics.json and renders/ to RUN_DIR.",
+        "checkpoint.pt, metrics.json and renders/ to RUN_DIR. Frames with depth maps "
+        "(depth_file_path) supervise each ray's depth too, and metrics.json then holds the "
+        "held-out depth error.",
     )
     p.add_argument("scene_dir", metavar="SCENE_DIR", help="scene folder (transforms.json)")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder to write")
@@ -48,6 +50,12 @@ def register(subparsers) -> None:
         metavar="N",
         help="torch CPU threads (1 is fastest on a shared, oversubscribed CPU)",
     )
+    p.add_argument(
+        "--no-depth",
+        dest="use_depth",
+        action="store_false",
+        help="ignore the frames' depth maps (depth_file_path): train from the colours alone",
+    )
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
@@ -69,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         finest_resolution=args.finest_resolution,
         progress=not args.no_progress,
         num_threads=args.threads,
+        use_depth=args.use_depth,
     )
     metrics = train_nerf(args.scene_dir, args.out, config, resume=args.resume)
     print(json.dumps(metrics, indent=2, sort_keys=True))
