@@ -65,7 +65,7 @@ def grid_fidelity(grid: RadianceGrid, truth: RadianceGrid) -> dict[str, Any]:
         mse = float(np.mean((rgb - truth_rgb) ** 2))
         colour_psnr = math.inf if mse == 0 else -10.0 * math.log10(mse)
     return {
-        "iou": np.count_nonzero(both) / union if union else 1.0,
+        "iou": float(np.count_nonzero(both) / union) if union else 1.0,
         "haze": float(np.mean(alpha[truth_empty] > EMPTY_ALPHA)) if truth_empty.any() else 0.0,
         "colour_psnr": colour_psnr,
         "occupied": float(occupied.mean()),
