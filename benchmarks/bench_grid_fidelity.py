@@ -91,8 +91,8 @@ def main() -> None:
             print_row(rows[-1])
 
     print()
-    header = f"{'seed':>4} {'mode':<15} {'IoU':>6} {'haze':>6} {'colour':>7} {'render':>7} "
-    print(header + f"{'d absrel':>8} {'d rmse':>7} {'steps':>6}")
+    header = f"{'seed':>4} {'mode':<15} {'IoU':>6} {'haze':>6} {'at surf':>7} {'colour':>7} "
+    print(header + f"{'render':>7} {'d absrel':>8} {'d rmse':>7} {'steps':>6}")
     for row in rows:
         print_row(row)
     result = {
@@ -114,7 +114,8 @@ def print_row(row: dict) -> None:
 
     print(
         f"{row['seed']:>4} {row['mode']:<15} {num(row['iou'], '6.3f')} "
-        f"{num(100 * row['haze'], '5.1f')}% {num(row['colour_psnr'], '7.2f')} "
+        f"{num(100 * row['haze'], '5.1f')}% {num(row['haze_at_surfaces'], '7.2f')} "
+        f"{num(row['colour_psnr'], '7.2f')} "
         f"{num(row.get('render_psnr'), '7.2f')} {num(row.get('depth_abs_rel'), '8.3f')} "
         f"{num(row.get('depth_rmse'), '7.3f')} {num(row.get('steps'), '6d')}"
     )

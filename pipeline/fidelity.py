@@ -16,6 +16,9 @@ at 30 dB), and NeRF-MAE learns from the geometry, so this compares the grids the
   grid is not empty (alpha > 0.01): density where the room has none.
 - **Colour PSNR** over the voxels occupied on both sides (colour elsewhere does not matter:
   NeRF-MAE gates its colour loss by opacity).
+- **Haze at surfaces**: the share of the hazy voxels that touch (6-neighbourhood, on the
+  grid's lattice) a voxel the ground truth has occupied: surfaces a voxel too thick, rather
+  than density floating in free space.
 """
 
 from __future__ import annotations
@@ -64,11 +67,29 @@ def grid_fidelity(grid: RadianceGrid, truth: RadianceGrid) -> dict[str, Any]:
         truth_rgb = truth.rgb[:, i, j, k][:, both].astype(np.float64)
         mse = float(np.mean((rgb - truth_rgb) ** 2))
         colour_psnr = math.inf if mse == 0 else -10.0 * math.log10(mse)
+    hazy = np.zeros(grid.shape, bool)
+    hazy[inside] = truth_empty & (alpha > EMPTY_ALPHA)
+    next_to_truth = np.zeros(grid.shape, bool)
+    next_to_truth[inside] = truth_occupied
+    next_to_truth = _dilate(next_to_truth)
     return {
         "iou": float(np.count_nonzero(both) / union) if union else 1.0,
         "haze": float(np.mean(alpha[truth_empty] > EMPTY_ALPHA)) if truth_empty.any() else 0.0,
+        "haze_at_surfaces": float(next_to_truth[hazy].mean()) if hazy.any() else None,
         "colour_psnr": colour_psnr,
         "occupied": float(occupied.mean()),
         "truth_occupied": float(truth_occupied.mean()),
         "compared": int(inside.sum()),
     }
+
+
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    """``mask`` grown by one voxel along each axis (6-neighbourhood), without wrapping."""
+    out = mask.copy()
+    for axis in range(3):
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        out[tuple(lo)] |= mask[tuple(hi)]
+        out[tuple(hi)] |= mask[tuple(lo)]
+    return out

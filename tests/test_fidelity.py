@@ -46,6 +46,8 @@ def test_iou_haze_and_colour_on_a_hand_made_pair():
     assert scores["iou"] == pytest.approx(16 / 48)
     assert scores["haze"] == pytest.approx(20 / 32)
     assert scores["colour_psnr"] == pytest.approx(20.0)
+    # Hazy voxels: x = 2 (16, next to the truth's x = 1) and the 4 at x = 3 (not next to it).
+    assert scores["haze_at_surfaces"] == pytest.approx(16 / 20)
 
 
 def test_opacity_is_compared_on_the_truths_step():

@@ -268,8 +268,17 @@ def test_generated_synthetic_room_trains(tmp_path):
     scene_dir = synthetic.generate_scene(
         tmp_path / "room", seed=0, n_views=16, image_size=32, grid_resolution=32
     )
-    trainer = NerfTrainer(load_scene(scene_dir), tiny_config(max_steps=100))
+    # From the colours alone (the rooms carry depth maps now): what this pins is the
+    # photometric path on generated scenes; the depth-supervised one has tests/test_depth.py.
+    scene = load_scene(scene_dir)
+    trainer = NerfTrainer(scene, tiny_config(max_steps=100, use_depth=False))
     before = trainer.quick_holdout_psnr()
     trainer.train()
     after = trainer.quick_holdout_psnr()
     assert after > before + 4.0, (before, after)
+    # With depth, the tiny network also learns, if more slowly in render PSNR early on
+    # (measured 15.7 -> 18.8 dB at 100 steps; at 300 s on 64x64 rooms it is 0.4 dB below
+    # RGB only, BENCHMARKS.md).
+    with_depth = NerfTrainer(scene, tiny_config(max_steps=100))
+    with_depth.train()
+    assert with_depth.quick_holdout_psnr() > before + 2.0
