@@ -61,6 +61,7 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="fidelity-"))
     load_before = os.getloadavg()
     rows = []
+    pictured: dict[str, RadianceGrid] = {}  # the last seed's grids, drawn at the end
     for seed in args.seeds:
         scene = generate_scene(
             work / f"room_{seed}", seed=seed, n_views=args.views, image_size=args.image_size,
@@ -71,6 +72,7 @@ def main() -> None:
             make_room(seed), args.resolution, camera_origins=camera_origins(scene)
         )
         rows.append({"seed": seed, "mode": "analytic field", **grid_fidelity(ceiling, truth)})
+        pictured = {"ground truth": truth, "analytic field": ceiling}
         for mode in args.modes:
             run = work / f"room_{seed}_{mode}"
             shutil.rmtree(run, ignore_errors=True)
@@ -81,6 +83,7 @@ def main() -> None:
             started = time.perf_counter()
             metrics = train_nerf(scene, run, config)
             grid = extract_grid(run, args.resolution)
+            pictured[mode] = grid
             rows.append({
                 "seed": seed, "mode": mode, **grid_fidelity(grid, truth),
                 "render_psnr": metrics["psnr_holdout"], "steps": metrics["steps"],
@@ -105,7 +108,39 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=float) + "\n")
-    print(f"\nwrote {args.out}")
+    picture = draw_slices(pictured, args.out.with_suffix(".png"), f"seed {args.seeds[-1]}")
+    print(f"\nwrote {args.out} and {picture}")
+
+
+def draw_slices(grids: dict[str, RadianceGrid], path: Path, title: str) -> Path:
+    """Opacity of each grid (on the ground truth's voxel step) in two horizontal slices, at a
+    third and at two thirds of the room's height, side by side: a haze is grey, walls and
+    furniture are white."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipeline.fidelity import alpha_on_step
+
+    truth = grids["ground truth"]
+    fig, axes = plt.subplots(2, len(grids), figsize=(2.6 * len(grids), 5.2), squeeze=False)
+    for col, (name, grid) in enumerate(grids.items()):
+        alpha = alpha_on_step(grid.alpha.astype(np.float64), grid.delta, truth.delta)
+        for row, fraction in enumerate((1 / 3, 2 / 3)):
+            k = int(round(fraction * (grid.shape[2] - 1)))
+            ax = axes[row, col]
+            ax.imshow(alpha[:, :, k].T, origin="lower", cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            height = grid.bbox_min[2] + k * grid.voxel_size
+            ax.set_title(f"{name}\nz = {height:.2f}" if row == 0 else f"z = {height:.2f}",
+                         fontsize=8)  # fmt: skip
+    fig.suptitle(f"opacity slices, {title}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def print_row(row: dict) -> None:
