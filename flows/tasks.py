@@ -45,7 +45,7 @@ slot."""
 
 # Files a NeRF is trained from besides transforms*.json: images, and depth maps (16-bit PNG
 # or float32 .npy, nerfstudio's depth_file_path).
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".exr", ".webp", ".tif", ".tiff", ".npy"})
+CAPTURE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".exr", ".webp", ".tif", ".tiff", ".npy"})
 # Errors that repeat identically on every attempt: retrying them only delays the report.
 PERMANENT_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, TypeError)
 
@@ -177,7 +177,7 @@ def scene_fingerprint(scene_dir: str | os.PathLike, mode: str = "content") -> st
         is_transforms = (
             rel.parent == Path(".") and rel.name.startswith("transforms") and rel.suffix == ".json"
         )
-        if not is_transforms and path.suffix.lower() not in IMAGE_SUFFIXES:
+        if not is_transforms and path.suffix.lower() not in CAPTURE_SUFFIXES:
             continue
         digest.update(rel.as_posix().encode() + b"\0")
         if mode == "content" or is_transforms:

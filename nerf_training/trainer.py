@@ -281,7 +281,7 @@ class NerfTrainer:
         self.images = scene.images.to(self.device)  # (N, H, W, C) uint8
         self.cameras = scene.cameras.to(self.device)
         self.train_idx = scene.train_idx.to(self.device)
-        has_depth = config.use_depth and getattr(scene, "depths", None) is not None
+        has_depth = config.use_depth and scene.depths is not None
         self.depths = scene.depths.to(self.device) if has_depth else None  # (N, H, W)
         self.white = torch.ones(3, device=self.device)
         self.step = 0
@@ -602,7 +602,7 @@ class NerfTrainer:
             render_dir.mkdir(parents=True, exist_ok=True)
         psnrs, ssims = [], []
         depth_errors: list[torch.Tensor] = []  # (n, 2): |error| and measured depth, per view
-        scene_depths = getattr(self.scene, "depths", None)
+        scene_depths = self.scene.depths
         for cam in views.tolist():
             pred, pred_depth = self.render_view_with_depth(cam)
             pred = pred.cpu()

@@ -379,13 +379,10 @@ def _load_or_train(path: Path, run_dir: Any, trainer_config: Any) -> Any:
         if (target / "checkpoint.pt").is_file():
             log.info("reusing the trained NeRF in %s for scene %s", target, path)
         else:
+            log.info("training a NeRF for scene %s into %s", path, target)
             if trainer_config is None:
+                log.info("no trainer_config: a %g s time budget", SCENE_NERF_BUDGET_S)
                 trainer_config = nerf_training.TrainerConfig(time_budget_s=SCENE_NERF_BUDGET_S)
-            log.info(
-                "training a NeRF for scene %s into %s (time budget %s s, max steps %s)",
-                path, target, getattr(trainer_config, "time_budget_s", None),
-                getattr(trainer_config, "max_steps", None),
-            )  # fmt: skip
             nerf_training.train_nerf(path, target, config=trainer_config)
         return nerf_training.load_run(target)
     if (path / "config.json").is_file() or (path / "metrics.json").is_file():
