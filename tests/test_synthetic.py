@@ -19,6 +19,9 @@ from pipeline.synthetic import (
     CLASS_ID,
     FURNITURE_CLASSES,
     SEMANTIC_CLASSES,
+    CameraLoop,
+    CameraPathConfig,
+    camera_path,
     generate_scene,
     make_room,
     sample_ground_truth,
@@ -120,6 +123,29 @@ def test_transforms_json_is_well_formed(scene, room):
     np.testing.assert_allclose(grid.bbox_min, meta["aabb"][0])
     np.testing.assert_allclose(grid.bbox_max, meta["aabb"][1], atol=grid.voxel_size / 2)
     assert (scene / "contact_sheet.png").is_file()
+
+
+def test_camera_path_walks_a_loop_at_each_of_two_heights():
+    """Both loops are walked once, one after the other, so a held-out split by stride sees
+    both heights; every camera stays clear of the furniture, including in cramped rooms
+    (seeds with a bed or wardrobe across the low loop)."""
+    for seed in (SEED, 2, 3, 11):
+        room = make_room(seed)
+        poses, _ = camera_path(room, 48, 32, seed)
+        z = poses[:, 2, 3]
+        assert z[:24].mean() - z[24:].mean() > 0.3  # the high loop first, then the low
+        assert (room.clearance_at(poses[:, :3, 3]) >= 0.3).all()
+        held_out = z[::8]
+        assert held_out.max() - held_out.min() > 0.3
+        # each loop goes once around the room's centre: its azimuths cover the circle
+        xy = poses[24:, :2, 3] - room.interior.mean(0)[:2]
+        azimuth = np.sort(np.arctan2(xy[:, 1], xy[:, 0]))
+        assert np.diff(np.r_[azimuth, azimuth[0] + 2 * np.pi]).max() < np.pi / 2
+    one_loop = CameraPathConfig(loops=(CameraLoop(height=1.5, pitch_range_deg=(-20.0, -10.0)),))
+    z = camera_path(make_room(SEED), 12, 32, SEED, one_loop)[0][:, 2, 3]
+    assert np.ptp(z) < 0.6
+    with pytest.raises(ValueError, match="loops"):
+        CameraPathConfig(loops=())
 
 
 # --------------------------------------------------------- images vs the field

@@ -8,7 +8,13 @@ the exact ground-truth grid, semantic labels and oriented boxes as a scene folde
 """
 
 from pipeline.synthetic.analytic_field import BoxParts, BoxUnionField, FieldConfig
-from pipeline.synthetic.cameras import CameraPathConfig, Intrinsics, camera_path, pixel_rays
+from pipeline.synthetic.cameras import (
+    CameraLoop,
+    CameraPathConfig,
+    Intrinsics,
+    camera_path,
+    pixel_rays,
+)
 from pipeline.synthetic.furniture import CLASS_ID, FURNITURE_CLASSES, SEMANTIC_CLASSES
 from pipeline.synthetic.ground_truth import GroundTruthConfig, sample_ground_truth
 from pipeline.synthetic.render import RenderConfig, render_rays, render_views
@@ -22,6 +28,7 @@ __all__ = [
     "SEMANTIC_CLASSES",
     "BoxParts",
     "BoxUnionField",
+    "CameraLoop",
     "CameraPathConfig",
     "FieldConfig",
     "GroundTruthConfig",

@@ -1,11 +1,14 @@
 """Camera paths that look around a room from inside, like a hand-held indoor capture.
 
-Cameras walk one loop of an ellipse at eye height inside the room, looking across it
-(towards the far side, swinging left and right and a little up and down), so every
-wall, the floor and the furniture are seen from several directions. Poses follow the
-nerfstudio / instant-ngp convention: 4x4 camera-to-world, OpenGL camera axes (the
-camera looks down its -z, y up, x right); world z is up. Pixel ``(u, v)`` (column,
-row from the top left) is sampled through its centre ``(u + 0.5, v + 0.5)``.
+Cameras walk loops of ellipses inside the room, one loop per eye height (standing and
+crouching, as a person scanning a room does), looking across it (towards the far side,
+swinging left and right, the high loop down and the low loop level), so every wall, the
+floor and the furniture are seen from several directions and from more than one height:
+the vertical parallax that a single loop at one height lacks. The loops are walked one
+after the other, so every subset taken by stride (the held-out split) sees each of them.
+Poses follow the nerfstudio / instant-ngp convention: 4x4 camera-to-world, OpenGL camera
+axes (the camera looks down its -z, y up, x right); world z is up. Pixel ``(u, v)``
+(column, row from the top left) is sampled through its centre ``(u + 0.5, v + 0.5)``.
 """
 
 from __future__ import annotations
@@ -19,27 +22,45 @@ from pipeline.synthetic.room import SyntheticRoom
 
 
 @dataclass(frozen=True)
+class CameraLoop:
+    """One loop of the path: its mean eye height and its gaze pitch (metres, degrees)."""
+
+    height: float
+    """Mean eye height of the loop."""
+    pitch_range_deg: tuple[float, float]
+    """Gaze pitch, drawn per view (negative looks down)."""
+
+
+@dataclass(frozen=True)
 class CameraPathConfig:
     """How the capture path is drawn (metres, degrees)."""
 
     fov_range_deg: tuple[float, float] = (65.0, 80.0)
     """Horizontal field of view, one value per scene."""
-    height_range: tuple[float, float] = (1.3, 1.7)
-    """Mean eye height of the loop."""
+    loops: tuple[CameraLoop, ...] = (
+        CameraLoop(height=1.5, pitch_range_deg=(-28.0, -8.0)),
+        CameraLoop(height=0.95, pitch_range_deg=(-14.0, 6.0)),
+    )
+    """Loops of the path, walked in this order; views are shared out evenly."""
+    height_jitter: float = 0.15
+    """Each loop's mean height moves by up to this much, one draw per scene."""
     height_wobble: float = 0.12
-    """Eye height varies along the loop by up to this much."""
+    """Eye height varies along a loop by up to this much."""
     wall_distance: float = 0.8
-    """The loop stays at least this far from every wall."""
+    """The loops stay at least this far from every wall."""
     loop_fraction_range: tuple[float, float] = (0.35, 0.6)
-    """Loop semi-axes as a fraction of the room's half extents (before the wall limit)."""
+    """Loop semi-axes as a fraction of the room's half extents (before the wall limit), one
+    draw per loop."""
     yaw_swing_deg: float = 35.0
     """Gaze swings this far left and right of the room's far side."""
-    pitch_range_deg: tuple[float, float] = (-28.0, -8.0)
-    """Gaze pitch (negative looks down)."""
     min_clearance: float = 0.3
     """Cameras keep this distance from every surface."""
     jitter: float = 0.08
     """Random offset of each position (metres)."""
+
+    def __post_init__(self) -> None:
+        if not self.loops:
+            raise ValueError("CameraPathConfig.loops: at least one loop is needed")
 
 
 @dataclass(frozen=True)
@@ -77,38 +98,64 @@ def camera_path(
     seed: int,
     config: CameraPathConfig | None = None,
 ) -> tuple[np.ndarray, Intrinsics]:
-    """``n_views`` poses ``(V, 4, 4)`` float64 and shared intrinsics, deterministic in ``seed``."""
+    """``n_views`` poses ``(V, 4, 4)`` float64 and shared intrinsics, deterministic in ``seed``.
+
+    The views are split into ``len(loops)`` consecutive runs (sizes differing by at most
+    one); each run walks its loop once, all loops starting at the same angle.
+    """
     cfg = config or CameraPathConfig()
     rng = np.random.default_rng([int(seed), 1])
     intrinsics = Intrinsics.from_fov(image_size, rng.uniform(*cfg.fov_range_deg))
-    centre = room.interior.mean(0)
     half_xy = (room.interior[1, :2] - room.interior[0, :2]) / 2
-    semi = np.maximum(
-        np.minimum(half_xy * rng.uniform(*cfg.loop_fraction_range), half_xy - cfg.wall_distance),
-        0.1,
-    )
-    eye = rng.uniform(*cfg.height_range)
+    floor = room.interior[0, 2]
+    reach = half_xy - cfg.wall_distance
+    semis = [
+        np.maximum(np.minimum(half_xy * rng.uniform(*cfg.loop_fraction_range), reach), 0.1)
+        for _ in cfg.loops
+    ]
+    eyes = [floor + loop.height + rng.uniform(-1, 1) * cfg.height_jitter for loop in cfg.loops]
     start, phase = rng.uniform(0, 2 * np.pi, 2)
-    pitch_lo, pitch_hi = np.radians(cfg.pitch_range_deg)
-    poses = []
-    for i in range(n_views):
-        angle = start + 2 * np.pi * i / n_views
-        for _ in range(50):
-            radius = semi * rng.uniform(0.8, 1.05)
-            xy = centre[:2] + radius * [np.cos(angle), np.sin(angle)] + rng.normal(0, cfg.jitter, 2)
-            z = eye + cfg.height_wobble * np.sin(2 * angle + phase) + rng.normal(0, cfg.jitter / 2)
-            position = np.array([xy[0], xy[1], z])
-            if room.clearance_at(position[None])[0] >= cfg.min_clearance:
-                break
-            semi = semi * 0.9  # something tall stands on the loop: tighten it
-        else:
-            raise RuntimeError(
-                f"room seed {room.seed}: no free camera position near angle {angle:.2f}"
-            )
-        yaw = angle + np.pi + np.radians(cfg.yaw_swing_deg) * np.sin(3 * angle + phase)
-        pitch = rng.uniform(pitch_lo, pitch_hi)
-        poses.append(look_to(position, yaw, pitch))
+    poses = []  # one run of views per loop, walked one after the other
+    runs = np.array_split(np.arange(n_views), len(cfg.loops))
+    for k, run in enumerate(runs):
+        for i in run:
+            angle = start + 2 * np.pi * (i - run[0]) / len(run)
+            poses.append(_free_pose(room, cfg, k, semis[k], eyes[k], angle, phase, rng))
     return np.stack(poses), intrinsics
+
+
+def _free_pose(
+    room: SyntheticRoom,
+    cfg: CameraPathConfig,
+    k: int,
+    semi: np.ndarray,
+    eye: float,
+    angle: float,
+    phase: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """The camera-to-world pose near ``angle`` on loop ``k`` that is clear of every surface."""
+    centre = room.interior.mean(0)
+    for attempt in range(60):
+        # Blocked (furniture on the loop): search ever wider around the loop's point, and
+        # higher (a crouching person stands up beside a bed).
+        spread = min(attempt / 30, 1.0)
+        radius = semi * rng.uniform(0.8 - 0.5 * spread, 1.05 + 0.15 * spread)
+        at = angle + rng.normal(0, 0.3 * spread)
+        xy = centre[:2] + radius * [np.cos(at), np.sin(at)] + rng.normal(0, cfg.jitter, 2)
+        wobble = cfg.height_wobble * np.sin(2 * angle + phase)
+        z = eye + wobble + rng.normal(0, cfg.jitter / 2) + 0.6 * spread * rng.uniform()
+        position = np.array([xy[0], xy[1], z])
+        if room.clearance_at(position[None])[0] >= cfg.min_clearance:
+            break
+    else:
+        raise RuntimeError(
+            f"room seed {room.seed}: no free camera position near angle {angle:.2f} "
+            f"on the loop at {cfg.loops[k].height} m"
+        )
+    yaw = angle + np.pi + np.radians(cfg.yaw_swing_deg) * np.sin(3 * angle + phase)
+    pitch = np.radians(rng.uniform(*cfg.loops[k].pitch_range_deg))
+    return look_to(position, yaw, pitch)
 
 
 def pixel_rays(
