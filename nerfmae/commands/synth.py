@@ -9,13 +9,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "synth",
         help="generate procedural indoor scenes with exact ground truth",
-        description="Write OUT_DIR/scene_0000 ... : images + transforms.json rendered from an "
-        "analytic room, ground_truth/grid.npz (RGBA, semantics, boxes) and contact_sheet.png.",
+        description="Write OUT_DIR/scene_0000 ... : images, depth maps and transforms.json "
+        "rendered from an analytic room along a hand-held-like path (one loop at standing and "
+        "one at crouching height), ground_truth/grid.npz (RGBA, semantics, boxes) and "
+        "contact_sheet.png.",
     )
     p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the scene folders into")
     p.add_argument("--scenes", type=int, default=1, help="number of scenes (default 1)")
-    p.add_argument("--image-size", type=int, default=64, help="image width = height in pixels")
-    p.add_argument("--views", type=int, default=50, help="images per scene (default 50)")
+    # The defaults are a capture like a real indoor one (two loops at standing and crouching
+    # height, 150 views of 128x128, ~1.5 CPU minutes a scene); make demo and the tests
+    # pass smaller ones.
+    p.add_argument(
+        "--image-size", type=int, default=128, help="image width = height in pixels (default 128)"
+    )
+    p.add_argument("--views", type=int, default=150, help="images per scene (default 150)")
     p.add_argument(
         "--seed", type=int, default=0, help="seed of the first scene; scene i uses seed+i"
     )
