@@ -9,32 +9,82 @@ depth error. The room's own analytic field, extracted the same way, is the ceili
 perfect NeRF would score. Prints a table and writes JSON (``--out``).
 
     .venv/bin/python benchmarks/bench_grid_fidelity.py [--seeds 0 1] [--budget 300] \\
-        [--image-size 64] [--views 50] [--modes rgb rgbd] [--resolution 64] [--truth-resolution 160]
+        [--image-size 64] [--views 50] [--modes rgb rgbd] [--resolution 64] \\
+        [--truth-resolution 160] [--loops 1] [--nerf-option distortion_weight=0.01] \\
+        [--field-option sh_degree=2]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
-import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from grid_store import RadianceGrid
-from nerf_training import TrainerConfig, train_nerf
+from grid_store.grid import grid_points
+from nerf_training import TrainerConfig
+from nerf_training.field import cpu_field_config
+from nerf_training.occupancy import OccupancyGrid
+from nerf_training.scene import load_scene
+from nerf_training.trainer import NerfTrainer
 from pipeline.extract import extract_grid
 from pipeline.fidelity import grid_fidelity
-from pipeline.synthetic import generate_scene, make_room
+from pipeline.synthetic import CameraPathConfig, generate_scene, make_room
 
 
 def camera_origins(scene: Path) -> np.ndarray:
     meta = json.loads((scene / "transforms.json").read_text())
     return np.array([f["transform_matrix"] for f in meta["frames"]])[:, :3, 3]
+
+
+def occupancy_masked(grid: RadianceGrid, occupancy: OccupancyGrid) -> RadianceGrid:
+    """``grid`` with every voxel in a cell that the run's occupancy grid marks empty zeroed:
+    the training's own empty-space estimate used as the mask instead of ``empty_below``."""
+    points = grid_points(grid.bbox_min, grid.voxel_size, grid.shape)  # (X, Y, Z, 3)
+    keep = occupancy.occupied(torch.from_numpy(points.reshape(-1, 3))).numpy()
+    rgba = grid.rgba * keep.reshape(grid.shape)[None]
+    return dataclasses.replace(grid, rgba=rgba.astype(grid.rgba.dtype))
+
+
+def train_and_compare(
+    scene: Path, truth: RadianceGrid, config: TrainerConfig, resolution: int, curve: list[float]
+) -> list[dict]:
+    """Train one NeRF, pausing at each ``curve`` second to extract and compare its grid.
+
+    The pauses are snapshots of the one run and its one learning-rate schedule (set by the
+    time budget), not shorter runs; extraction does not count as training time. The last
+    row is the finished run, with the full held-out evaluation and its grid (``"grid"``).
+    """
+    trainer = NerfTrainer(load_scene(scene), config)
+    origins = trainer.scene.camera_origins(trainer.scene.train_idx).numpy()
+    rows = []
+    for until in [*sorted(t for t in curve if t < config.time_budget_s), None]:
+        trainer.train(until_s=until)
+        trainer.field.eval()
+        grid = extract_grid(trainer.field, resolution, camera_origins=origins)
+        masked = grid_fidelity(occupancy_masked(grid, trainer.grid), truth)
+        row = {
+            "seconds": trainer.elapsed_s, "steps": trainer.step, **grid_fidelity(grid, truth),
+            "occupancy_mask": {k: masked[k] for k in ("iou", "haze", "colour_psnr")},
+        }  # fmt: skip
+        if until is not None:
+            row["render_psnr_quick"] = trainer.quick_holdout_psnr()
+        else:
+            metrics = trainer.evaluate()
+            row.update({
+                "render_psnr": metrics["psnr_holdout"], "grid": grid,
+                "depth_abs_rel": metrics.get("depth_abs_rel_holdout"),
+                "depth_rmse": metrics.get("depth_rmse_holdout"),
+            })  # fmt: skip
+        rows.append(row)
+    return rows
 
 
 def main() -> None:
@@ -53,10 +103,27 @@ def main() -> None:
         "--nerf-option", action="append", default=[], metavar="KEY=JSON",
         help="TrainerConfig field for every run, e.g. free_space_weight=0.3",
     )  # fmt: skip
+    parser.add_argument(
+        "--field-option", action="append", default=[], metavar="KEY=JSON",
+        help="FieldConfig field on top of the CPU default, e.g. sh_degree=2",
+    )  # fmt: skip
+    parser.add_argument(
+        "--loops", type=int, default=None,
+        help="camera loops of the capture: the first N of the default path's (default: all)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--curve", type=float, nargs="*", default=[], metavar="SECONDS",
+        help="also compare snapshots of each run after these training seconds",
+    )  # fmt: skip
     parser.add_argument("--work", type=Path, default=None, help="keep scenes and runs here")
     parser.add_argument("--out", type=Path, default=Path("bench_out/bench_grid_fidelity.json"))
     args = parser.parse_args()
     options = {k: json.loads(v) for k, _, v in (o.partition("=") for o in args.nerf_option)}
+    field_options = {k: json.loads(v) for k, _, v in (o.partition("=") for o in args.field_option)}
+    if field_options:
+        options["field"] = dataclasses.replace(cpu_field_config(), **field_options)
+    cameras = CameraPathConfig()
+    cameras = dataclasses.replace(cameras, loops=cameras.loops[: args.loops or len(cameras.loops)])
 
     work = args.work or Path(tempfile.mkdtemp(prefix="fidelity-"))
     load_before = os.getloadavg()
@@ -65,7 +132,7 @@ def main() -> None:
     for seed in args.seeds:
         scene = generate_scene(
             work / f"room_{seed}", seed=seed, n_views=args.views, image_size=args.image_size,
-            grid_resolution=args.truth_resolution,
+            grid_resolution=args.truth_resolution, camera_config=cameras,
         )  # fmt: skip
         truth = RadianceGrid.load_npz(scene / "ground_truth" / "grid.npz")
         ceiling = extract_grid(
@@ -74,28 +141,20 @@ def main() -> None:
         rows.append({"seed": seed, "mode": "analytic field", **grid_fidelity(ceiling, truth)})
         pictured = {"ground truth": truth, "analytic field": ceiling}
         for mode in args.modes:
-            run = work / f"room_{seed}_{mode}"
-            shutil.rmtree(run, ignore_errors=True)
             config = TrainerConfig(
                 max_steps=None, time_budget_s=args.budget, use_depth=mode == "rgbd",
                 num_threads=args.threads, progress=False, **options,
             )  # fmt: skip
-            started = time.perf_counter()
-            metrics = train_nerf(scene, run, config)
-            grid = extract_grid(run, args.resolution)
-            pictured[mode] = grid
-            rows.append({
-                "seed": seed, "mode": mode, **grid_fidelity(grid, truth),
-                "render_psnr": metrics["psnr_holdout"], "steps": metrics["steps"],
-                "depth_abs_rel": metrics.get("depth_abs_rel_holdout"),
-                "depth_rmse": metrics.get("depth_rmse_holdout"),
-                "seconds": time.perf_counter() - started,
-            })  # fmt: skip
-            print_row(rows[-1])
+            for row in train_and_compare(scene, truth, config, args.resolution, args.curve):
+                rows.append({"seed": seed, "mode": mode, **row})
+                print_row(rows[-1])
+            pictured[mode] = row.pop("grid")
+            rows[-1].pop("grid")
 
     print()
     header = f"{'seed':>4} {'mode':<15} {'IoU':>6} {'haze':>6} {'at surf':>7} {'colour':>7} "
-    print(header + f"{'render':>7} {'d absrel':>8} {'d rmse':>7} {'steps':>6}")
+    header += f"{'render':>7} {'d absrel':>8} {'d rmse':>7} {'steps':>6} {'s':>5} "
+    print(header + f"{'occ. IoU':>8} {'occ. haze':>9}")
     for row in rows:
         print_row(row)
     result = {
@@ -145,14 +204,18 @@ def draw_slices(grids: dict[str, RadianceGrid], path: Path, title: str) -> Path:
 
 def print_row(row: dict) -> None:
     def num(value, fmt):
-        return format(value, fmt) if isinstance(value, (int, float)) else "-"
+        return format(value, fmt) if isinstance(value, (int, float)) and value == value else "-"
 
+    mask = row.get("occupancy_mask", {})
+    render = row.get("render_psnr", row.get("render_psnr_quick"))
     print(
         f"{row['seed']:>4} {row['mode']:<15} {num(row['iou'], '6.3f')} "
         f"{num(100 * row['haze'], '5.1f')}% {num(row['haze_at_surfaces'], '7.2f')} "
         f"{num(row['colour_psnr'], '7.2f')} "
-        f"{num(row.get('render_psnr'), '7.2f')} {num(row.get('depth_abs_rel'), '8.3f')} "
-        f"{num(row.get('depth_rmse'), '7.3f')} {num(row.get('steps'), '6d')}"
+        f"{num(render, '7.2f')} {num(row.get('depth_abs_rel'), '8.3f')} "
+        f"{num(row.get('depth_rmse'), '7.3f')} {num(row.get('steps'), '6d')} "
+        f"{num(row.get('seconds'), '5.0f')} "
+        f"{num(mask.get('iou'), '8.3f')} {num(100 * mask.get('haze', np.nan), '8.1f')}%"
     )
 
 
