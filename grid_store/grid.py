@@ -245,6 +245,16 @@ class RadianceGrid:
         """Continuous lattice coordinates of world points ``(..., 3)``."""
         return (np.asarray(xyz, dtype=np.float64) - self.bbox_min) / self.voxel_size
 
+    def nearest_voxel(self, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The sample nearest to each world point ``(..., 3)``: ``index`` ``(..., 3)`` int64,
+        clamped into the grid, and ``inside`` ``(...)`` bool, true where the point lies
+        within half a voxel of the grid's box (its nearest sample is a true neighbour, not
+        the clamped edge)."""
+        index = np.rint(self.world_to_index(xyz)).astype(np.int64)
+        shape = np.array(self.shape)
+        inside = np.all((index >= 0) & (index < shape), axis=-1)
+        return np.clip(index, 0, shape - 1), inside
+
     def metadata(self) -> dict[str, Any]:
         """Everything but the arrays, as JSON-ready values (what the store writes as attrs)."""
         out = dict(self.meta)

@@ -19,6 +19,9 @@ at 30 dB), and NeRF-MAE learns from the geometry, so this compares the grids the
 - **Haze at surfaces**: the share of the hazy voxels that touch (6-neighbourhood, on the
   grid's lattice) a voxel the ground truth has occupied: surfaces a voxel too thick, rather
   than density floating in free space.
+- **Misses inside**: the share of the ground truth's occupied voxels that the grid misses
+  (not opaque) which touch no empty voxel of the ground truth: the inside of solids, which
+  no camera sees, rather than surfaces.
 """
 
 from __future__ import annotations
@@ -49,8 +52,7 @@ def grid_fidelity(grid: RadianceGrid, truth: RadianceGrid) -> dict[str, Any]:
     occupied on both sides, inf when the colours match exactly), ``occupied`` and
     ``truth_occupied`` (fractions of the compared voxels), ``compared`` (voxel count).
     """
-    index = np.rint(truth.world_to_index(grid.points())).astype(np.int64)  # (X, Y, Z, 3)
-    inside = np.all((index >= 0) & (index < np.array(truth.shape)), axis=-1)  # (X, Y, Z)
+    index, inside = truth.nearest_voxel(grid.points())  # (X, Y, Z, 3), (X, Y, Z)
     if not inside.any():
         raise ValueError("grid_fidelity: the grid's box does not overlap the ground truth's")
     i, j, k = index[inside].T
@@ -72,10 +74,16 @@ def grid_fidelity(grid: RadianceGrid, truth: RadianceGrid) -> dict[str, Any]:
     next_to_truth = np.zeros(grid.shape, bool)
     next_to_truth[inside] = truth_occupied
     next_to_truth = _dilate(next_to_truth)
+    missed = np.zeros(grid.shape, bool)
+    missed[inside] = truth_occupied & ~occupied
+    next_to_empty = np.zeros(grid.shape, bool)
+    next_to_empty[inside] = truth_empty
+    next_to_empty = _dilate(next_to_empty)
     return {
         "iou": float(np.count_nonzero(both) / union) if union else 1.0,
         "haze": float(np.mean(alpha[truth_empty] > EMPTY_ALPHA)) if truth_empty.any() else 0.0,
         "haze_at_surfaces": float(next_to_truth[hazy].mean()) if hazy.any() else None,
+        "misses_inside": float(1 - next_to_empty[missed].mean()) if missed.any() else None,
         "colour_psnr": colour_psnr,
         "occupied": float(occupied.mean()),
         "truth_occupied": float(truth_occupied.mean()),

@@ -65,3 +65,17 @@ def test_a_grid_outside_the_truth_is_refused():
     far = far.replace(bbox_min=np.full(3, 100.0), bbox_max=np.full(3, 102.0))
     with pytest.raises(ValueError, match="does not overlap"):
         grid_fidelity(far, grid(np.zeros((3, 3, 3))))
+
+
+def test_misses_inside_solids_are_told_apart_from_missed_surfaces():
+    # A solid 4^3 cube: 8 voxels inside ([2:4]^3), 56 on its surface next to free space.
+    # The grid has the surface but not the inside, and misses one corner of the surface.
+    truth_alpha = np.zeros((6, 6, 6))
+    truth_alpha[1:5, 1:5, 1:5] = 1.0
+    pred_alpha = truth_alpha.copy()
+    pred_alpha[2:4, 2:4, 2:4] = 0.0
+    pred_alpha[1, 1, 1] = 0.0
+    scores = grid_fidelity(grid(pred_alpha), grid(truth_alpha))
+    assert scores["iou"] == pytest.approx(55 / 64)
+    assert scores["misses_inside"] == pytest.approx(8 / 9)
+    assert grid_fidelity(grid(truth_alpha), grid(truth_alpha))["misses_inside"] is None
