@@ -1,6 +1,7 @@
-"""Scene discovery and the per-scene chain ``train_nerf -> extract_grid -> write_grid``.
+"""Scene discovery and the per-scene chain ``train_nerf -> extract_grid -> (attach_labels)
+-> write_grid``.
 
-:func:`process_scene` is one task per scene that calls the three step tasks in order
+:func:`process_scene` is one task per scene that calls the step tasks in order
 (nested task runs: each keeps its own retries, cache and log in the UI). Keeping the
 chain in one task lets the quality gate and the store check read as plain Python, and
 lets a Dask cluster place a whole scene, GPU and all, on one worker.
@@ -8,7 +9,8 @@ lets a Dask cluster place a whole scene, GPU and all, on one worker.
 Rerun skipping works on two levels:
 
 - the store: a scene's ``config_hash`` (:func:`grid_hash`) covers its content
-  (:func:`flows.tasks.scene_fingerprint`), the NeRF and the extraction settings; a
+  (:func:`flows.tasks.scene_fingerprint`), the NeRF and the extraction settings, and its
+  ground-truth labels (``ground_truth/grid.npz``, attached to the grid when present); a
   scene already in the store with the same hash is reported ``cached``, nothing runs;
 - the NeRF: ``train_nerf``'s Prefect cache is keyed on :func:`nerf_hash` (content + NeRF
   settings) and the run folder, so a rerun after a crash in a later step, or with only
@@ -37,6 +39,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.run_logs import with_library_logs
 from flows.tasks import (
     GPU_LIMIT,
+    attach_labels_task,
     config_from_dict,
     extract_grid_task,
     fingerprint_scene,
@@ -45,9 +48,10 @@ from flows.tasks import (
     write_grid_task,
 )
 
-FLOW_SCHEMA = 2
+FLOW_SCHEMA = 3
 """Bumped when the chain changes what it writes, so old store entries are rebuilt
-(2: the default NeRF's finest hash level follows the images, see TrainerConfig)."""
+(2: the default NeRF's finest hash level follows the images, see TrainerConfig; 3: a
+scene's ground-truth labels are stored with its grid, see pipeline.labels)."""
 _SCENE_ID_BAD_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 _GLOB_CHARS = frozenset("*?[")
 
@@ -167,15 +171,16 @@ def nerf_hash(fingerprint: str, settings: BuildSettings) -> str:
     return _digest({"schema": FLOW_SCHEMA, "scene": fingerprint, "nerf": nerf})
 
 
-def grid_hash(nerf_key: str, settings: BuildSettings) -> str:
-    """16 hex digits over the NeRF's hash and the extraction settings (``config_hash``)."""
+def grid_hash(nerf_key: str, settings: BuildSettings, labels: str | None = None) -> str:
+    """16 hex digits over the NeRF's hash, the extraction settings and the fingerprint of the
+    scene's ground-truth labels, if any (``config_hash``)."""
     from pipeline.extract import ExtractConfig
 
     extract = asdict(
         config_from_dict(ExtractConfig, {**settings.extract, "resolution": settings.resolution})
     )
     extract.pop("device", None)  # where it runs, not what it computes
-    return _digest({"schema": FLOW_SCHEMA, "nerf": nerf_key, "extract": extract})
+    return _digest({"schema": FLOW_SCHEMA, "nerf": nerf_key, "extract": extract, "labels": labels})
 
 
 def scene_report(
@@ -206,13 +211,17 @@ def scene_report(
 @task(name="process_scene", task_run_name="scene-{job.scene_id}", cache_policy=NO_CACHE)
 @with_library_logs
 def process_scene(job: SceneJob, settings: BuildSettings) -> dict[str, Any]:
-    """Fingerprint -> store check -> train -> quality gate -> extract -> write, for one scene."""
+    """Fingerprint -> store check -> train -> quality gate -> extract -> labels -> write, for
+    one scene (labels: the scene's ground truth, when it has one)."""
     from grid_store import GridStore
+    from pipeline.labels import ground_truth_path, labels_fingerprint
 
     t0 = time.perf_counter()
     fingerprint = fingerprint_scene(job.scene_dir, settings.hash_mode)
     nerf_key = nerf_hash(fingerprint, settings)
-    config_hash = grid_hash(nerf_key, settings)
+    truth = ground_truth_path(job.scene_dir)
+    labels_key = None if truth is None else labels_fingerprint(truth)
+    config_hash = grid_hash(nerf_key, settings, labels_key)
     store = GridStore(settings.store, mode="a")
     if store.has_scene(job.scene_id, config_hash):
         attrs = store.scene_attrs(job.scene_id)
@@ -256,6 +265,8 @@ def process_scene(job: SceneJob, settings: BuildSettings) -> dict[str, Any]:
         settings.extract,
         settings.gpu_limit,
     )
+    if truth is not None:
+        attach_labels_task(grid["grid_path"], job.scene_dir)
     extra_attrs = {
         "config_hash": config_hash,
         "scene_fingerprint": fingerprint,

@@ -272,6 +272,18 @@ def extract_grid_task(
     }
 
 
+@task(name="attach_labels", cache_policy=NO_CACHE)
+def attach_labels_task(grid_path: str, scene_dir: str) -> dict[str, Any]:
+    """Put the scene's ground-truth labels (``ground_truth/grid.npz``) onto the grid at
+    ``grid_path``, rewritten in place (``pipeline.labels``). Returns what was attached."""
+    from grid_store import RadianceGrid
+    from pipeline.labels import attach_scene_labels
+
+    grid = attach_scene_labels(RadianceGrid.load_npz(grid_path), scene_dir)
+    grid.save_npz(grid_path)
+    return dict(grid.meta.get("labels") or {})
+
+
 @task(
     name="write_grid",
     cache_policy=NO_CACHE,

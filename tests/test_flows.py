@@ -224,6 +224,25 @@ def test_fingerprint_follows_images_and_transforms_not_ground_truth(scene_root, 
         scene_fingerprint(scene / "images")
 
 
+def test_new_ground_truth_renews_the_store_entry_but_not_the_nerf(scene_root, tmp_path):
+    from flows.scenes import BuildSettings, grid_hash, nerf_hash
+    from flows.tasks import scene_fingerprint
+    from pipeline.labels import ground_truth_path, labels_fingerprint
+
+    scene = tmp_path / "s"
+    shutil.copytree(scene_root / "room_0", scene)
+    settings = BuildSettings(store=str(tmp_path / "g.zarr"), runs_dir=str(tmp_path))
+
+    def keys() -> tuple[str, str]:
+        nerf = nerf_hash(scene_fingerprint(scene), settings)
+        return nerf, grid_hash(nerf, settings, labels_fingerprint(ground_truth_path(scene)))
+
+    nerf, grid = keys()
+    (scene / "ground_truth" / "grid.npz").write_bytes(b"relabelled")
+    assert keys()[0] == nerf and keys()[1] != grid
+    assert grid_hash(nerf, settings, None) != grid  # a scene without labels: another entry
+
+
 def test_flow_files_do_not_shadow_project_packages():
     # Loading a flow file puts flows/ first on sys.path (Prefect and `python flows/x.py`).
     packages = {p.name for p in REPO.iterdir() if (p / "__init__.py").is_file()}
@@ -257,7 +276,7 @@ def test_build_dataset_writes_every_scene_and_a_table(
     prefect_api, scene_root, shared_runs, tmp_path
 ):
     from flows.build_dataset import build_dataset
-    from grid_store import GridStore
+    from grid_store import GridStore, RadianceGrid
 
     store = str(tmp_path / "grids.zarr")
     state = build_dataset(
@@ -277,9 +296,16 @@ def test_build_dataset_writes_every_scene_and_a_table(
         attrs = gs.scene_attrs(sid)
         assert attrs["config_hash"] == r["config_hash"]
         assert attrs["source"] == str((scene_root / sid).resolve())
-        assert (
-            max(gs.read_grid(sid).shape) == RES and list(gs.read_grid(sid).shape) == r["grid_shape"]
-        )
+        grid = gs.read_grid(sid)
+        assert max(grid.shape) == RES and list(grid.shape) == r["grid_shape"]
+        # the room's ground truth travelled with its grid (pipeline.labels)
+        truth_path = scene_root / sid / "ground_truth" / "grid.npz"
+        truth = RadianceGrid.load_npz(truth_path)
+        np.testing.assert_array_equal(grid.boxes, truth.boxes)
+        index, _ = truth.nearest_voxel(grid.points())
+        nearest = truth.semantic[tuple(np.moveaxis(index, -1, 0))]
+        np.testing.assert_array_equal(grid.semantic, nearest)
+        assert grid.meta["labels"]["source"] == str(truth_path)
     rows = {row["scene"]: row for row in table_artifact(state)}
     assert set(rows) == {"room_0", "room_1"}
     assert rows["room_0"]["status"] == "written"

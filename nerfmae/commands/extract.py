@@ -56,6 +56,14 @@ def register(subparsers) -> None:
         default=None,
         help="scene folder: train the NeRF here (default: SCENE_nerf beside the scene)",
     )
+    parser.add_argument(
+        "--no-labels",
+        dest="labels",
+        action="store_false",
+        help="leave out the scene's ground-truth labels; by default, when the scene folder has "
+        "ground_truth/grid.npz, its semantic labels are resampled onto the grid (nearest "
+        "voxel) and its boxes kept",
+    )
     parser.add_argument("--device", default=None, help="torch device (default: the field's)")
     parser.set_defaults(func=run)
 
@@ -70,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     from grid_store import GridStore, validate_scene_id
     from pipeline.extract import extract_grid
+    from pipeline.labels import attach_scene_labels
 
     if args.store is not None:
         validate_scene_id(args.scene_id)  # before the (long) extraction
@@ -84,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
         empty_below=args.empty_below,
         device=args.device,
     )
+    scene_dir = scene_folder_of(args.source)
+    if args.labels and scene_dir is not None:
+        grid = attach_scene_labels(grid, scene_dir)
     if args.out is not None:
         grid.save_npz(args.out)
         where = str(args.out)
@@ -94,14 +106,36 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def scene_folder_of(source: Path) -> Path | None:
+    """The scene folder behind ``source``: itself, or the one a run folder was trained on
+    (its ``config.json``, contract 4); None when that is not known."""
+    import json
+
+    if (source / "transforms.json").is_file() or (source / "transforms_train.json").is_file():
+        return source
+    config = source / "config.json"
+    if config.is_file():
+        scene_dir = json.loads(config.read_text()).get("scene_dir")
+        return Path(scene_dir) if scene_dir else None
+    return None
+
+
 def extraction_line(grid, where: str) -> str:
     """What ``nerfmae extract`` prints: the grid, how much of it is occupied, the NeRF's
     held-out PSNR, and where it went."""
+    import numpy as np
+
     psnr = (grid.meta.get("nerf") or {}).get("psnr_holdout")
     alpha = grid.alpha
+    labels = []
+    if grid.semantic is not None:
+        labels.append(f"{np.unique(grid.semantic).size} semantic labels")
+    if grid.boxes is not None:
+        labels.append(f"{len(grid.boxes)} boxes")
     return (
         f"grid {'x'.join(map(str, grid.shape))}, voxel {grid.voxel_size:.4g}; "
         f"occupied (alpha > 0.5) {float((alpha > 0.5).mean()):.2%} of voxels, "
         f"non-empty (alpha > 0) {float((alpha > 0).mean()):.2%}; "
-        f"NeRF held-out PSNR {f'{psnr:.2f} dB' if psnr is not None else 'unknown'} -> {where}"
+        f"NeRF held-out PSNR {f'{psnr:.2f} dB' if psnr is not None else 'unknown'}"
+        f"{'; ' + ', '.join(labels) + ' from the ground truth' if labels else ''} -> {where}"
     )
