@@ -75,6 +75,7 @@ def depth_png(depth: np.ndarray, rng: np.random.Generator, config: DepthConfig) 
         millimetres[rng.random(depth.shape) < config.holes] = 0
     return millimetres.astype(np.uint16)
 
+
 GENERATOR = "nerf-mae synthetic room v1"
 """Marks a folder as ours in ``transforms.json``; only such folders are ever replaced."""
 
