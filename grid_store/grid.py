@@ -255,6 +255,23 @@ class RadianceGrid:
         inside = np.all((index >= 0) & (index < shape), axis=-1)
         return np.clip(index, 0, shape - 1), inside
 
+    def with_empty_space(self, below: float = 0.01) -> RadianceGrid:
+        """The grid with voxels of alpha below ``below`` stored as empty: opacity and colour 0.
+
+        The rule extraction applies (``ExtractConfig.empty_below``): grids from other sources
+        (a ground truth, another tool) follow it before they meet extracted grids as inputs,
+        so that free space looks the same in both. Labels are kept.
+        """
+        if not 0 <= below < 1:
+            raise ValueError(f"below must be in [0, 1), got {below}")
+        empty = self.alpha < below  # (X, Y, Z)
+        rgba = np.where(empty[None], np.zeros((), self.rgba.dtype), self.rgba)
+        meta = {
+            **self.meta,
+            "empty_space": {"below": below, "zero_fraction": float((rgba[3] == 0).mean())},
+        }
+        return self.replace(rgba=rgba, meta=meta)
+
     def metadata(self) -> dict[str, Any]:
         """Everything but the arrays, as JSON-ready values (what the store writes as attrs)."""
         out = dict(self.meta)

@@ -123,3 +123,44 @@ def test_extract_cli_stores_the_scenes_labels_with_the_grid(tmp_path, capsys):
     out = tmp_path / "bare.npz"
     assert main([*extract, "--out", str(out), "--no-labels"]) == 0
     assert RadianceGrid.load_npz(out).semantic is None
+
+
+def test_empty_space_rule_zeroes_faint_voxels_and_keeps_labels():
+    grid = make_truth(shape=(2, 2, 2), voxel=1.0)
+    rgba = np.full((4, 2, 2, 2), 0.7, np.float32)
+    rgba[3, 0, 0, 0] = 0.005  # below 0.01: empty space
+    rgba[3, 1, 1, 1] = 0.01  # at the threshold: kept
+    emptied = grid.replace(rgba=rgba).with_empty_space(0.01)
+    np.testing.assert_array_equal(emptied.rgba[:, 0, 0, 0], 0.0)
+    assert emptied.rgba[3, 1, 1, 1] == pytest.approx(0.01)
+    assert np.count_nonzero(emptied.rgba == 0) == 4  # only that voxel's four channels
+    np.testing.assert_array_equal(emptied.semantic, grid.semantic)
+    assert emptied.meta["empty_space"] == {"below": 0.01, "zero_fraction": 1 / 8}
+
+
+def test_store_add_writes_ground_truth_grids_with_labels_and_the_empty_space_rule(tmp_path, capsys):
+    from grid_store import GridStore
+    from nerfmae.cli import main
+    from pipeline.synthetic import generate_scene
+
+    scene = generate_scene(tmp_path / "room_a", seed=2, n_views=2, image_size=8, grid_resolution=24)
+    truth = RadianceGrid.load_npz(scene / "ground_truth" / "grid.npz")
+    assert (truth.rgb[:, truth.alpha < 0.01] > 0).any()  # the truth keeps colour in free space
+    other = make_truth()
+    other.save_npz(tmp_path / "other.npz")
+    store = str(tmp_path / "g.zarr")
+    assert main(["store", "add", store, str(scene), str(tmp_path / "other.npz")]) == 0
+    assert "added 2 scene(s)" in capsys.readouterr().out
+    reader = GridStore(store, mode="r")
+    assert reader.list_scenes() == ["other", "room_a"]
+    stored = reader.read_grid("room_a")
+    np.testing.assert_array_equal(stored.semantic, truth.semantic)
+    np.testing.assert_array_equal(stored.boxes, truth.boxes)
+    assert (stored.rgba[:, truth.alpha < 0.01] == 0).all()  # free space as extraction stores it
+
+    # bad input fails before anything is written, with the reason
+    assert main(["store", "add", str(tmp_path / "g2.zarr"), str(scene), str(scene)]) == 2
+    assert "two sources give the same scene id: ['room_a', 'room_a']" in capsys.readouterr().err
+    assert main(["store", "add", str(tmp_path / "g2.zarr"), str(tmp_path / "nope.npz")]) == 2
+    assert "nope.npz: no such grid file" in capsys.readouterr().err
+    assert not (tmp_path / "g2.zarr").exists()

@@ -1,4 +1,5 @@
-"""``nerfmae store ls|import-npz|export-npz``: list a grid store; NeRF-RPN/MAE .npz in and out."""
+"""``nerfmae store ls|add|import-npz|export-npz``: list a grid store, add contract-1 grids
+(ground truth), NeRF-RPN/MAE .npz in and out."""
 
 from __future__ import annotations
 
@@ -10,13 +11,34 @@ DENSITY_CHOICES = ("ngp", "relu", "alpha")
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "store", help="list a grid store; import/export NeRF-RPN / NeRF-MAE .npz grids"
+        "store",
+        help="list a grid store; add grids (ground truth); import/export NeRF-RPN / NeRF-MAE "
+        ".npz grids",
     )
     sub = parser.add_subparsers(dest="store_command", metavar="ACTION", required=True)
 
     ls = sub.add_parser("ls", help="table of the store's scenes")
     ls.add_argument("url", help="store URL (path, memory://, s3://bucket/prefix)")
     ls.set_defaults(func=run_ls)
+
+    add = sub.add_parser(
+        "add",
+        help="add grids in this project's .npz format (RadianceGrid.save_npz), e.g. the "
+        "ground truth of synthetic scenes",
+        description="Write contract-1 grids into a store: each SOURCE is a grid .npz (scene id: "
+        "its name without .npz) or a scene folder with ground_truth/grid.npz (scene id: the "
+        "folder's name). Labels (semantic, boxes) are kept.",
+    )
+    add.add_argument("url", help="store URL (created if absent)")
+    add.add_argument("sources", nargs="+", type=Path, metavar="SOURCE")
+    add.add_argument(
+        "--empty-below",
+        type=float,
+        default=0.01,
+        help="store voxels with alpha below this as empty (alpha and colour 0), the rule "
+        "extracted grids follow, so both look alike as inputs (default 0.01; 0 keeps all)",
+    )
+    add.set_defaults(func=run_add)
 
     imp = sub.add_parser("import-npz", help="import NeRF-RPN / NeRF-MAE .npz grids")
     imp.add_argument("url", help="store URL (created if absent)")
@@ -81,6 +103,34 @@ def run_ls(args: argparse.Namespace) -> int:
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     print(f"{len(rows) - 1} scene(s) in {args.url}")
+    return 0
+
+
+def run_add(args: argparse.Namespace) -> int:
+    from grid_store import GridStore, RadianceGrid, validate_scene_id
+    from pipeline.labels import GROUND_TRUTH_FILE
+
+    # Every source and id is checked (and every grid read) before the store is touched.
+    jobs = []
+    for source in args.sources:
+        path, scene_id = source, source.stem
+        if source.is_dir():
+            path, scene_id = source / GROUND_TRUTH_FILE, source.name
+        grid = RadianceGrid.load_npz(path).with_empty_space(args.empty_below)
+        jobs.append((validate_scene_id(scene_id), grid, path))
+    ids = [j[0] for j in jobs]
+    if len(set(ids)) != len(ids):
+        raise ValueError(
+            f"two sources give the same scene id: {sorted(i for i in ids if ids.count(i) > 1)}"
+        )
+    store = GridStore(args.url, mode="a")
+    for scene_id, grid, path in jobs:
+        store.write_grid(scene_id, grid)
+        labels = "semantic" if grid.semantic is not None else "no semantic"
+        boxes = f"{len(grid.boxes)} boxes" if grid.boxes is not None else "no boxes"
+        print(f"{scene_id}: {'x'.join(map(str, grid.shape))} voxel {grid.voxel_size:.4g}, "
+              f"{labels}, {boxes} <- {path}")  # fmt: skip
+    print(f"added {len(jobs)} scene(s) to {args.url}")
     return 0
 
 
