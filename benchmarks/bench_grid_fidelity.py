@@ -28,7 +28,6 @@ import numpy as np
 import torch
 
 from grid_store import RadianceGrid
-from grid_store.grid import grid_points
 from nerf_training import TrainerConfig
 from nerf_training.field import cpu_field_config
 from nerf_training.occupancy import OccupancyGrid
@@ -47,20 +46,19 @@ def camera_origins(scene: Path) -> np.ndarray:
 def occupancy_masked(grid: RadianceGrid, occupancy: OccupancyGrid) -> RadianceGrid:
     """``grid`` with every voxel in a cell that the run's occupancy grid marks empty zeroed:
     the training's own empty-space estimate used as the mask instead of ``empty_below``."""
-    points = grid_points(grid.bbox_min, grid.voxel_size, grid.shape)  # (X, Y, Z, 3)
-    keep = occupancy.occupied(torch.from_numpy(points.reshape(-1, 3))).numpy()
-    rgba = grid.rgba * keep.reshape(grid.shape)[None]
-    return dataclasses.replace(grid, rgba=rgba.astype(grid.rgba.dtype))
+    points = grid.points().reshape(-1, 3)  # (X*Y*Z, 3)
+    keep = occupancy.occupied(torch.from_numpy(points)).numpy().reshape(grid.shape)
+    return grid.replace(rgba=(grid.rgba * keep[None]).astype(grid.rgba.dtype))
 
 
 def train_and_compare(
     scene: Path, truth: RadianceGrid, config: TrainerConfig, resolution: int, curve: list[float]
-) -> list[dict]:
+) -> tuple[list[dict], RadianceGrid]:
     """Train one NeRF, pausing at each ``curve`` second to extract and compare its grid.
 
     The pauses are snapshots of the one run and its one learning-rate schedule (set by the
     time budget), not shorter runs; extraction does not count as training time. The last
-    row is the finished run, with the full held-out evaluation and its grid (``"grid"``).
+    row is the finished run, with the full held-out evaluation; its grid is returned too.
     """
     trainer = NerfTrainer(load_scene(scene), config)
     origins = trainer.scene.camera_origins(trainer.scene.train_idx).numpy()
@@ -79,12 +77,12 @@ def train_and_compare(
         else:
             metrics = trainer.evaluate()
             row.update({
-                "render_psnr": metrics["psnr_holdout"], "grid": grid,
+                "render_psnr": metrics["psnr_holdout"],
                 "depth_abs_rel": metrics.get("depth_abs_rel_holdout"),
                 "depth_rmse": metrics.get("depth_rmse_holdout"),
             })  # fmt: skip
         rows.append(row)
-    return rows
+    return rows, grid
 
 
 def main() -> None:
@@ -145,11 +143,12 @@ def main() -> None:
                 max_steps=None, time_budget_s=args.budget, use_depth=mode == "rgbd",
                 num_threads=args.threads, progress=False, **options,
             )  # fmt: skip
-            for row in train_and_compare(scene, truth, config, args.resolution, args.curve):
+            run_rows, pictured[mode] = train_and_compare(
+                scene, truth, config, args.resolution, args.curve
+            )
+            for row in run_rows:
                 rows.append({"seed": seed, "mode": mode, **row})
                 print_row(rows[-1])
-            pictured[mode] = row.pop("grid")
-            rows[-1].pop("grid")
 
     print()
     header = f"{'seed':>4} {'mode':<15} {'IoU':>6} {'haze':>6} {'at surf':>7} {'colour':>7} "

@@ -1,5 +1,4 @@
-"""Scene discovery and the per-scene chain ``train_nerf -> extract_grid -> (attach_labels)
--> write_grid``.
+"""Scene discovery and the per-scene chain ``train_nerf -> extract_grid -> write_grid``.
 
 :func:`process_scene` is one task per scene that calls the step tasks in order
 (nested task runs: each keeps its own retries, cache and log in the UI). Keeping the
@@ -39,7 +38,6 @@ from prefect.cache_policies import NO_CACHE
 from flows.run_logs import with_library_logs
 from flows.tasks import (
     GPU_LIMIT,
-    attach_labels_task,
     config_from_dict,
     extract_grid_task,
     fingerprint_scene,
@@ -211,8 +209,8 @@ def scene_report(
 @task(name="process_scene", task_run_name="scene-{job.scene_id}", cache_policy=NO_CACHE)
 @with_library_logs
 def process_scene(job: SceneJob, settings: BuildSettings) -> dict[str, Any]:
-    """Fingerprint -> store check -> train -> quality gate -> extract -> labels -> write, for
-    one scene (labels: the scene's ground truth, when it has one)."""
+    """Fingerprint -> store check -> train -> quality gate -> extract (with the scene's
+    ground-truth labels, when it has them) -> write, for one scene."""
     from grid_store import GridStore
     from pipeline.labels import ground_truth_path, labels_fingerprint
 
@@ -264,9 +262,8 @@ def process_scene(job: SceneJob, settings: BuildSettings) -> dict[str, Any]:
         settings.resolution,
         settings.extract,
         settings.gpu_limit,
+        None if truth is None else job.scene_dir,
     )
-    if truth is not None:
-        attach_labels_task(grid["grid_path"], job.scene_dir)
     extra_attrs = {
         "config_hash": config_hash,
         "scene_fingerprint": fingerprint,

@@ -254,34 +254,28 @@ def extract_grid_task(
     resolution: int,
     extract: dict[str, Any],
     gpu_limit: str | None = GPU_LIMIT,
+    labels_from: str | None = None,
 ) -> dict[str, Any]:
-    """Sample a trained run into a grid saved as contract-1 ``.npz`` at ``grid_path``.
+    """Sample a trained run into a grid saved as contract-1 ``.npz`` at ``grid_path``, with
+    the ground-truth labels of the scene folder ``labels_from`` when given
+    (``pipeline.labels``).
 
     Returns ``{"grid_path", "shape", "megabytes"}`` (the float16 size the store holds).
     """
     from pipeline.extract import ExtractConfig, extract_grid
+    from pipeline.labels import attach_scene_labels
 
     config = config_from_dict(ExtractConfig, {**extract, "resolution": resolution})
     with gpu_slot(gpu_limit):
         grid = extract_grid(Path(run_dir), config=config)
+    if labels_from is not None:
+        grid = attach_scene_labels(grid, labels_from)
     grid.save_npz(grid_path)
     return {
         "grid_path": str(grid_path),
         "shape": list(grid.shape),
         "megabytes": round(4 * 2 * int(grid.rgba[0].size) / 2**20, 3),
     }
-
-
-@task(name="attach_labels", cache_policy=NO_CACHE)
-def attach_labels_task(grid_path: str, scene_dir: str) -> dict[str, Any]:
-    """Put the scene's ground-truth labels (``ground_truth/grid.npz``) onto the grid at
-    ``grid_path``, rewritten in place (``pipeline.labels``). Returns what was attached."""
-    from grid_store import RadianceGrid
-    from pipeline.labels import attach_scene_labels
-
-    grid = attach_scene_labels(RadianceGrid.load_npz(grid_path), scene_dir)
-    grid.save_npz(grid_path)
-    return dict(grid.meta.get("labels") or {})
 
 
 @task(

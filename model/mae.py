@@ -104,26 +104,44 @@ class MAEOutput:
     """``(B, S, S, S)`` bool: voxels of masked blocks (padding included)."""
 
 
+def build_encoder(config: MAEConfig) -> SwinTransformer3D:
+    """The Swin encoder ``config`` describes (the MAE's, and the downstream networks')."""
+    return SwinTransformer3D(
+        in_channels=config.in_channels,
+        patch_size=config.patch_size,
+        embed_dim=config.embed_dim,
+        depths=config.depths,
+        num_heads=config.num_heads,
+        window=config.window,
+        mlp_ratio=config.mlp_ratio,
+        drop_path=config.drop_path,
+    )
+
+
+def frozen_pos_embed(config: MAEConfig) -> nn.Parameter:
+    """The fixed sin-cos positional table ``(1, T, T, T, C)`` of ``config``'s resolution: a
+    frozen Parameter (not a buffer) so that parameter counts match the reference's."""
+    return nn.Parameter(sincos_3d(config.token_grid, config.embed_dim), requires_grad=False)
+
+
+def check_input_grid(rgba: Tensor, config: MAEConfig) -> None:
+    """Refuse an input that is not ``(B, in_channels, S, S, S)`` at ``config.resolution``."""
+    s = config.resolution
+    if rgba.ndim != 5 or tuple(rgba.shape[1:]) != (config.in_channels, s, s, s):
+        raise ValueError(
+            f"rgba has shape {tuple(rgba.shape)}; expected "
+            f"(B, {config.in_channels}, {s}, {s}, {s}) (MAEConfig.resolution)"
+        )
+
+
 class NeRFMAE(nn.Module):
     """Masked autoencoder over padded RGBA grids ``(B, 4, S, S, S)`` with validity masks."""
 
     def __init__(self, config: MAEConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoder = SwinTransformer3D(
-            in_channels=config.in_channels,
-            patch_size=config.patch_size,
-            embed_dim=config.embed_dim,
-            depths=config.depths,
-            num_heads=config.num_heads,
-            window=config.window,
-            mlp_ratio=config.mlp_ratio,
-            drop_path=config.drop_path,
-        )
-        # A frozen Parameter (not a buffer) so that parameter counts match the reference's.
-        self.pos_embed = nn.Parameter(
-            sincos_3d(config.token_grid, config.embed_dim), requires_grad=False
-        )  # (1, T, T, T, C)
+        self.encoder = build_encoder(config)
+        self.pos_embed = frozen_pos_embed(config)  # (1, T, T, T, C)
         self.mask_token = nn.Parameter(torch.empty(config.embed_dim).normal_(std=0.02))
         self.decoder = UNETRDecoder(self.encoder.dims, config.patch_size, config.out_channels)
 
@@ -160,12 +178,7 @@ class NeRFMAE(nn.Module):
 
     def _tokens(self, rgba: Tensor) -> Tensor:
         """``(B, 4, S, S, S)`` -> ``(B, T, T, T, C)`` embedded tokens plus positional embedding."""
-        s = self.config.resolution
-        if rgba.ndim != 5 or tuple(rgba.shape[1:]) != (self.config.in_channels, s, s, s):
-            raise ValueError(
-                f"rgba has shape {tuple(rgba.shape)}; expected "
-                f"(B, {self.config.in_channels}, {s}, {s}, {s}) (MAEConfig.resolution)"
-            )
+        check_input_grid(rgba, self.config)
         return self.encoder.embed(rgba) + self.pos_embed
 
     def forward_features(self, rgba: Tensor) -> list[Tensor]:

@@ -21,17 +21,15 @@ ALPHA_THRESHOLD = 0.01
 """Ground-truth alpha above which a voxel's colour is scored (the reference's gate)."""
 
 
-def color_mse(
+def color_sse(
     pred_rgb: torch.Tensor, target_rgba: torch.Tensor, threshold: float = ALPHA_THRESHOLD
-) -> torch.Tensor:
-    """Per-grid colour MSE over voxels with ground-truth alpha > ``threshold``.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-grid sum of squared colour errors over voxels with ground-truth alpha >
+    ``threshold``, and the number of values summed (3 per voxel): two ``(B,)`` float32.
 
     Args:
         pred_rgb: ``(B, 3, X, Y, Z)`` predicted colour (linear, not clamped).
         target_rgba: ``(B, 4, X, Y, Z)`` ground truth; channel 3 is alpha.
-
-    Returns:
-        ``(B,)`` float32; NaN where a grid has no voxel above the threshold.
     """
     if pred_rgb.shape[1] != 3 or target_rgba.shape[1] != 4:
         raise ValueError(
@@ -42,6 +40,15 @@ def color_mse(
     sq_err = (pred_rgb.float() - target_rgba[:, :3].float()).square().sum(dim=1)  # (B, X, Y, Z)
     n_values = 3.0 * opaque.flatten(1).sum(dim=1)  # (B,)
     sse = (sq_err * opaque).flatten(1).sum(dim=1)  # (B,)
+    return sse, n_values
+
+
+def color_mse(
+    pred_rgb: torch.Tensor, target_rgba: torch.Tensor, threshold: float = ALPHA_THRESHOLD
+) -> torch.Tensor:
+    """Per-grid colour MSE over voxels with ground-truth alpha > ``threshold`` (shapes as
+    :func:`color_sse`): ``(B,)`` float32, NaN where a grid has no voxel above the threshold."""
+    sse, n_values = color_sse(pred_rgb, target_rgba, threshold)
     return torch.where(n_values > 0, sse / n_values.clamp_min(1.0), torch.full_like(sse, torch.nan))
 
 

@@ -22,9 +22,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from model.decoder import CL3D, UnetResBlock, UpBlock
-from model.mae import MAEConfig
-from model.pos_embed import sincos_3d
-from model.swin3d import SwinTransformer3D
+from model.mae import MAEConfig, build_encoder, check_input_grid, frozen_pos_embed
 
 
 class SkipNet(nn.Module):
@@ -39,19 +37,8 @@ class SkipNet(nn.Module):
     def __init__(self, config: MAEConfig, head: nn.Module) -> None:
         super().__init__()
         self.config = config
-        self.encoder = SwinTransformer3D(
-            in_channels=config.in_channels,
-            patch_size=config.patch_size,
-            embed_dim=config.embed_dim,
-            depths=config.depths,
-            num_heads=config.num_heads,
-            window=config.window,
-            mlp_ratio=config.mlp_ratio,
-            drop_path=config.drop_path,
-        )
-        self.pos_embed = nn.Parameter(
-            sincos_3d(config.token_grid, config.embed_dim), requires_grad=False
-        )  # (1, T, T, T, C)
+        self.encoder = build_encoder(config)
+        self.pos_embed = frozen_pos_embed(config)  # (1, T, T, T, C)
         dims = self.encoder.dims
         self.decoder4 = UpBlock(dims[3], dims[2], 2, skip=True)
         self.decoder3 = UpBlock(dims[2], dims[1], 2, skip=True)
@@ -61,19 +48,9 @@ class SkipNet(nn.Module):
         self.head = head
         self.to(memory_format=CL3D)
 
-    @property
-    def feature_channels(self) -> int:
-        """Channels of the features the head sees (C/2)."""
-        return self.encoder.dims[0] // 2
-
     def forward_features(self, rgba: Tensor) -> Tensor:
         """``(B, 4, S, S, S)`` -> ``(B, C/2, S, S, S)`` full-resolution features."""
-        s = self.config.resolution
-        if rgba.ndim != 5 or tuple(rgba.shape[1:]) != (self.config.in_channels, s, s, s):
-            raise ValueError(
-                f"rgba has shape {tuple(rgba.shape)}; expected "
-                f"(B, {self.config.in_channels}, {s}, {s}, {s}) (MAEConfig.resolution)"
-            )
+        check_input_grid(rgba, self.config)
         tokens = self.encoder.embed(rgba) + self.pos_embed  # (B, T, T, T, C)
         f1, f2, f3, f4 = (
             f.contiguous(memory_format=CL3D) for f in self.encoder.forward_tokens(tokens)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from model.metrics import ALPHA_THRESHOLD
+from model.metrics import ALPHA_THRESHOLD, color_sse
 
 
 def _check(pred: torch.Tensor, target: torch.Tensor) -> None:
@@ -43,9 +43,8 @@ def occupied_rgb_errors(
     padding has target alpha 0 and so is never scored.
     """
     _check(pred, target)
-    occupied = (target[:, 3] > threshold).unsqueeze(1)  # (B, 1, X, Y, Z)
-    sq = (pred[:, :3].float() - target[:, :3].float()).square() * occupied
-    return sq.sum(), 3 * occupied.sum()
+    sse, n_values = color_sse(pred[:, :3], target, threshold)  # (B,), (B,)
+    return sse.sum(), n_values.sum().long()
 
 
 def superres_loss(

@@ -106,6 +106,14 @@ def run_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def refuse_duplicate_ids(ids: list[str], what: str) -> None:
+    """Two inputs must not write the same scene (the second would replace the first)."""
+    if len(set(ids)) != len(ids):
+        raise ValueError(
+            f"two {what} give the same scene id: {sorted(i for i in ids if ids.count(i) > 1)}"
+        )
+
+
 def run_add(args: argparse.Namespace) -> int:
     from grid_store import GridStore, RadianceGrid, validate_scene_id
     from pipeline.labels import GROUND_TRUTH_FILE
@@ -118,11 +126,7 @@ def run_add(args: argparse.Namespace) -> int:
             path, scene_id = source / GROUND_TRUTH_FILE, source.name
         grid = RadianceGrid.load_npz(path).with_empty_space(args.empty_below)
         jobs.append((validate_scene_id(scene_id), grid, path))
-    ids = [j[0] for j in jobs]
-    if len(set(ids)) != len(ids):
-        raise ValueError(
-            f"two sources give the same scene id: {sorted(i for i in ids if ids.count(i) > 1)}"
-        )
+    refuse_duplicate_ids([j[0] for j in jobs], "sources")
     store = GridStore(args.url, mode="a")
     for scene_id, grid, path in jobs:
         store.write_grid(scene_id, grid)
@@ -148,11 +152,7 @@ def run_import(args: argparse.Namespace) -> int:
         if args.boxes_dir is not None and (args.boxes_dir / f"{path.stem}.npy").is_file():
             boxes = args.boxes_dir / f"{path.stem}.npy"
         jobs.append((path, scene_id, boxes))
-    ids = [j[1] for j in jobs]
-    if len(set(ids)) != len(ids):
-        raise ValueError(
-            f"two files give the same scene id: {sorted(i for i in ids if ids.count(i) > 1)}"
-        )
+    refuse_duplicate_ids([j[1] for j in jobs], "files")
 
     store = GridStore(args.url, mode="a")
     for path, scene_id, boxes in jobs:
