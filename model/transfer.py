@@ -89,6 +89,12 @@ def load_pretrained(
             (without ``allow_resolution_change``), or a tensor whose shape differs.
     """
     checkpoint = load_checkpoint(path)
+    task = checkpoint.get("task", "pretrain")
+    if task != "pretrain":
+        raise ValueError(
+            f"{path}: task: this is a {task!r} fine-tuning checkpoint; the encoder comes from a "
+            "pretraining run's checkpoint (RUN/checkpoints/latest.pt of `nerfmae pretrain`)"
+        )
     saved_config = checkpoint.get("model_config") or {}
     config = asdict(model.config)
     for name in ARCHITECTURE_FIELDS:

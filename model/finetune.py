@@ -1,0 +1,211 @@
+"""Fine-tuning NeRF-MAE downstream: the config every task shares, the base of the dense
+tasks, and the entry points.
+
+A fine-tuning run is a :class:`model.trainer.Trainer` run of one downstream task
+(:mod:`model.semantic_task`, :mod:`model.superres_task`) on a :class:`model.skip_net.SkipNet`
+whose encoder and decoder blocks 4-2 come from a pretraining checkpoint (``pretrained``)
+or start random (``scratch``). Both are built from the same seed, so a pretrained run and
+a scratch run differ only in the tensors the checkpoint sets (the transfer report, in
+``config.json`` and the summary, lists them).
+
+Labelled scenes: the store's split into training and validation scenes (as pretraining's,
+``val_fraction`` / ``val_scenes``), then ``train_scenes`` (an explicit list) and
+``label_fraction`` (the first ``ceil(f x n)`` training scenes in a fixed hash order, so
+smaller fractions are subsets of larger ones and every seed sees the same scenes).
+
+Defaults follow the reference's fine-tuning scripts (facts section 6.2-6.3): lr 3e-4,
+weight decay 1e-3, clip 0.1, batch 8, one-cycle, no augmentation; 1000 epochs is the
+reference's, far beyond a CPU: pass ``epochs`` / ``max_steps``.
+
+Command line: ``nerfmae finetune semantics|superres ...`` or, one rank of ``torchrun``,
+``python -m model.finetune --task semantics --store URL --out RUN (--pretrained CKPT |
+--scratch) [--field value ...]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+from abc import abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torch import nn
+
+from grid_store import GridStore
+from model.distributed import DistributedContext
+from model.trainer import Task, run_task
+from model.training_config import TrainingConfig, add_config_flags, json_ready, rank_by_hash
+
+logger = logging.getLogger(__name__)
+
+FINETUNE_TASKS = ("semantics", "superres")
+LABEL_ORDER_SALT = 104729
+"""Seed of the hash order labelled subsets are drawn in (fixed: the same for every run seed)."""
+
+
+@dataclass
+class FinetuneConfig(TrainingConfig):
+    """A fine-tuning run (see the module doc); saved resolved as ``RUN/config.json``."""
+
+    trajectory_fields: ClassVar[tuple[str, ...]] = (
+        *TrainingConfig.trajectory_fields, "task", "pretrained", "scratch", "train_scenes",
+        "label_fraction", "allow_resolution_change", "num_classes", "target_store_url",
+    )  # fmt: skip
+
+    task: str = "semantics"
+    """Downstream task: ``semantics`` (voxel labels) or ``superres`` (voxel super-resolution)."""
+    pretrained: str | None = None
+    """Pretraining checkpoint (``RUN/checkpoints/latest.pt``) whose encoder starts the run."""
+    scratch: bool = False
+    """Start from random weights instead (exactly one of ``pretrained`` and ``scratch``)."""
+    allow_resolution_change: bool = False
+    """Accept a checkpoint pretrained at another input resolution (only the fixed sin-cos
+    positional table depends on it)."""
+    train_scenes: list[str] | None = None
+    """Train only on these scenes (``None``: every scene the split leaves for training)."""
+    label_fraction: float = 1.0
+    """Share of the training scenes whose labels are used (label-efficiency experiments)."""
+    num_classes: int | None = None
+    """Semantics: classes including void (``None``: the stored ``semantic_classes``)."""
+    target_store_url: str | None = None
+    """Super-resolution: the store holding the same scenes at the higher resolution."""
+    preset: str = "swin_s"
+    epochs: int = 1000
+    batch_size: int = 8
+    lr: float = 3e-4
+    augment: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.task not in FINETUNE_TASKS:
+            self.fail("task", f"must be one of {FINETUNE_TASKS}")
+        if bool(self.pretrained) == bool(self.scratch):
+            self.fail("pretrained", "give exactly one of a pretraining checkpoint and scratch")
+        if not 0.0 < self.label_fraction <= 1.0:
+            self.fail("label_fraction", "must be in (0, 1]")
+        if self.num_classes is not None and self.num_classes < 2:
+            self.fail("num_classes", "must be >= 2 (void and one class) or None")
+        if self.task == "superres" and not self.target_store_url:
+            self.fail("target_store_url", "super-resolution needs the store of its targets")
+
+
+def labelled_subset(
+    train_scenes: Sequence[str], explicit: Sequence[str] | None, fraction: float
+) -> list[str]:
+    """The training scenes whose labels a run uses (sorted); see the module doc."""
+    scenes = sorted(train_scenes)
+    if explicit is not None:
+        outside = sorted(set(explicit) - set(scenes))
+        if outside:
+            raise ValueError(
+                f"train_scenes: {outside[:5]} are not training scenes of the store "
+                "(missing, or held out for validation)"
+            )
+        scenes = sorted(set(explicit))
+    if fraction < 1.0:
+        keep = max(1, math.ceil(fraction * len(scenes)))
+        scenes = sorted(rank_by_hash(scenes, LABEL_ORDER_SALT)[:keep])
+    return scenes
+
+
+class DenseTask(Task):
+    """A :class:`~model.skip_net.SkipNet` task: builds the network for the run's preset and
+    resolution and starts it from the checkpoint or from scratch."""
+
+    def __init__(self, config: FinetuneConfig, ctx: DistributedContext) -> None:
+        from model import get_config
+
+        self.config = config
+        self.ctx = ctx
+        overrides = dict(config.model_overrides)
+        if config.resolution is not None:
+            overrides["resolution"] = config.resolution
+        self.mae_config = get_config(config.preset, **overrides)  # validates before data work
+        self.resolution = self.mae_config.resolution
+        self.store = GridStore(config.store_url, mode="r")
+        self.transfer: dict[str, Any] | None = None
+        self.labelled_scenes: list[str] = []
+
+    @abstractmethod
+    def make_network(self) -> nn.Module:
+        """The task's :class:`SkipNet` for ``self.mae_config``, randomly initialised."""
+
+    def build_model(self) -> nn.Module:
+        from model.transfer import load_pretrained
+
+        model = self.make_network()
+        if self.config.pretrained:
+            report = load_pretrained(
+                model, self.config.pretrained,
+                allow_resolution_change=self.config.allow_resolution_change,
+            )  # fmt: skip
+            logger.info("initialised from %s", report.summary())
+            self.transfer = {"summary": report.summary(), "loaded": len(report.loaded),
+                             "fresh": report.fresh, "dropped": report.dropped,
+                             "pretrain_step": report.step}  # fmt: skip
+        return model
+
+    def model_config(self) -> dict[str, Any]:
+        return json_ready({**dataclasses.asdict(self.mae_config), "network": self.name})
+
+    def run_info(self) -> dict[str, Any]:
+        return {
+            "init": "pretrained" if self.config.pretrained else "scratch",
+            "pretrained": self.config.pretrained,
+            "transfer": self.transfer,
+            "labelled_scenes": len(self.labelled_scenes),
+        }
+
+
+def make_finetune_task(config: FinetuneConfig, ctx: DistributedContext) -> Task:
+    if config.task == "semantics":
+        from model.semantic_task import SemanticsTask
+
+        return SemanticsTask(config, ctx)
+    from model.superres_task import SuperResolutionTask
+
+    return SuperResolutionTask(config, ctx)
+
+
+def finetune(config: FinetuneConfig) -> dict[str, Any]:
+    """Fine-tune ``config.task``; returns the summary (also ``RUN/metrics.json``).
+
+    Under ``torchrun`` every rank calls this; rank 0 writes the run folder.
+    """
+    return run_task(config, make_finetune_task)
+
+
+# ---------------------------------------------------------------------- entry point
+def build_arg_parser() -> argparse.ArgumentParser:
+    """One flag per :class:`FinetuneConfig` field (``--store``/``--out`` name the first two)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m model.finetune",
+        description="NeRF-MAE fine-tuning (single process, or one rank under torchrun). "
+        "Each flag sets the FinetuneConfig field of that name (see its docstring).",
+    )
+    add_config_flags(parser, FinetuneConfig)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_arg_parser().parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s",
+    )
+    summary = finetune(FinetuneConfig(**vars(args)))
+    if rank == 0:
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
