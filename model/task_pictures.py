@@ -73,8 +73,11 @@ def save_label_slices(
         scored = true_k > 0
         wrong = scored & (true_k != pred_k)
         error = np.where(wrong, 1.0, np.where(scored, 0.45, 0.0))
-        panels = [("true", true_k, cmap), ("predicted (labelled voxels)", pred_k, cmap),
-                  ("errors", error, "gray")]
+        panels = [
+            ("true", true_k, cmap),
+            ("predicted (labelled voxels)", pred_k, cmap),
+            ("errors", error, "gray"),
+        ]
         for r, (row, image, colours) in enumerate(panels):
             ax = axes[r, c]
             vmax = 1 if colours == "gray" else num_classes - 1
