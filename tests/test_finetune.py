@@ -1,0 +1,203 @@
+"""Fine-tuning on the shared engine: pretrained vs scratch initialisation, exact resume,
+label subsets, the command line, super-resolution, and stores that cannot serve a task.
+
+Everything runs the real ``tiny`` preset at 32^3 on synthetic rooms' ground-truth grids
+(with their labels), after the same empty-space rule extracted grids follow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from grid_store import GridStore, RadianceGrid
+from model.checkpointing import load_checkpoint
+from model.distributed import DistributedContext
+from model.engine import PretrainConfig, pretrain
+from model.finetune import FinetuneConfig, finetune, labelled_subset
+from model.semantic_task import SemanticsTask, weighted_cross_entropy
+from model.transfer import load_pretrained
+from nerfmae.cli import main as cli_main
+from pipeline.synthetic.ground_truth import sample_ground_truth
+from pipeline.synthetic.room import make_room
+
+ROOMS = [f"room{i}" for i in range(4)]
+CPU = DistributedContext(0, 1, 0, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("finetune")
+    low, high = GridStore(str(root / "low.zarr")), GridStore(str(root / "high.zarr"))
+    for i, scene in enumerate(ROOMS):
+        room = make_room(i)
+        low.write_grid(scene, sample_ground_truth(room, 32).with_empty_space(0.01))
+        if i < 3:
+            high.write_grid(scene, sample_ground_truth(room, 48).with_empty_space(0.01))
+    return {"low": low.url, "high": high.url, "root": str(root)}
+
+
+@pytest.fixture(scope="module")
+def pretrained(stores, tmp_path_factory) -> str:
+    run = tmp_path_factory.mktemp("pretrain") / "run"
+    summary = pretrain(PretrainConfig(
+        store_url=stores["low"], out_dir=str(run), preset="tiny", resolution=32, epochs=1,
+        batch_size=3, num_workers=0, val_scenes=["room3"], augment=False,
+    ))  # fmt: skip
+    return summary["checkpoint"]
+
+
+def _config(stores, out, **changes) -> FinetuneConfig:
+    base = dict(
+        store_url=stores["low"], out_dir=str(out), preset="tiny", resolution=32, epochs=2,
+        batch_size=1, num_workers=0, val_scenes=["room3"], log_every=1, eval_every=100,
+        checkpoint_every=2, keep_checkpoints=1, train_scenes=["room0", "room1"],
+    )  # fmt: skip
+    return FinetuneConfig(**{**base, **changes})
+
+
+def _log(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_pretrained_and_scratch_networks_differ_only_in_the_loaded_tensors(
+    stores, pretrained, tmp_path
+):
+    def initial(config: FinetuneConfig) -> tuple[dict, SemanticsTask]:
+        task = SemanticsTask(config, CPU)
+        task.check_scenes(ROOMS)
+        torch.manual_seed(config.seed)  # what the trainer does before building the model
+        return task.build_model().state_dict(), task
+
+    warm, task = initial(_config(stores, tmp_path / "a", pretrained=pretrained))
+    cold, _ = initial(_config(stores, tmp_path / "b", scratch=True))
+    source = load_checkpoint(pretrained)["model"]
+    assert task.transfer["loaded"] > 100 and "mask_token" in task.transfer["dropped"]
+    fresh = set(task.transfer["fresh"])
+    assert {"head.weight", "head.bias", "pos_embed"} <= fresh
+    assert all(n.startswith(("encoder1.", "decoder1.", "head.", "pos_embed")) for n in fresh)
+    for name, tensor in warm.items():
+        if name in fresh:
+            assert torch.equal(tensor, cold[name]), name  # same seed, same fresh weights
+        else:
+            old = "decoder." + name if name.startswith("decoder") else name
+            assert torch.equal(tensor, source[old]), name
+            if tensor.ndim >= 2:  # randomly initialised: a scratch draw cannot match
+                assert not torch.equal(tensor, cold[name]), name
+
+
+def test_semantic_run_reports_scores_weights_and_pictures(stores, pretrained, tmp_path):
+    run = tmp_path / "run"
+    summary = finetune(_config(stores, run, pretrained=pretrained))
+    assert summary["task"] == "semantics" and summary["init"] == "pretrained"
+    assert summary["steps"] == summary["total_steps"] == 4 and summary["labelled_scenes"] == 2
+    for key in ("train_loss", "val_loss", "val_miou", "val_macc", "val_allacc"):
+        assert math.isfinite(summary[key]), key
+    assert 0 <= summary["val_miou"] <= 1 and summary["val_per_class_iou"]
+    assert set(summary["val_per_class_iou"]) <= set(summary["class_names"][1:])
+    assert summary["class_names"][0] == "none" and summary["num_classes"] == 11
+    weights = summary["class_weights"]
+    assert weights[0] == 0 and max(weights) <= 1 / math.log(1.02) + 1e-3
+    assert (run / "labels" / "step_000004.png").read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["task"] == "semantics" and saved["resolved"]["class_weights"] == weights
+    assert load_checkpoint(run / "checkpoints" / "latest.pt")["task"] == "semantics"
+    with pytest.raises(ValueError, match="fine-tuning checkpoint"):
+        load_pretrained(_network(stores, tmp_path), run / "checkpoints" / "latest.pt")
+
+
+def _network(stores, tmp_path):
+    task = SemanticsTask(_config(stores, tmp_path / "n", scratch=True), CPU)
+    task.check_scenes(ROOMS)
+    return task.make_network()
+
+
+def test_fine_tuning_resumes_bit_for_bit(stores, pretrained, tmp_path):
+    straight = tmp_path / "straight"
+    finetune(_config(stores, straight, pretrained=pretrained, augment=True))
+    run = tmp_path / "resumed"
+    assert finetune(_config(stores, run, pretrained=pretrained, augment=True, max_steps=1))[
+        "steps"
+    ] == 1
+    resumed = finetune(_config(stores, run, pretrained=pretrained, augment=True, resume=True))
+    assert resumed["resumed_from"].endswith("latest.pt") and resumed["steps"] == 4
+    keys = ("step", "loss", "lr", "grad_norm")
+    assert [{k: r[k] for k in keys} for r in _log(run)] == [
+        {k: r[k] for k in keys} for r in _log(straight)
+    ]
+    a = load_checkpoint(straight / "checkpoints" / "latest.pt")["model"]
+    b = load_checkpoint(run / "checkpoints" / "latest.pt")["model"]
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    with pytest.raises(ValueError, match=r"config\.label_fraction"):
+        finetune(_config(stores, run, pretrained=pretrained, augment=True, resume=True,
+                         label_fraction=0.5))  # fmt: skip
+
+
+def test_label_subsets_are_nested_and_the_same_for_every_seed():
+    scenes = [f"s{i:02d}" for i in range(20)]
+    quarter, half = labelled_subset(scenes, None, 0.25), labelled_subset(scenes, None, 0.5)
+    assert len(quarter) == 5 and len(half) == 10 and set(quarter) < set(half)
+    assert labelled_subset(list(reversed(scenes)), None, 0.25) == quarter
+    assert labelled_subset(scenes, ["s03", "s01"], 1.0) == ["s01", "s03"]
+    assert labelled_subset(scenes, None, 0.01) and len(labelled_subset(scenes, None, 0.01)) == 1
+    with pytest.raises(ValueError, match="train_scenes"):
+        labelled_subset(scenes, ["nope"], 1.0)
+
+
+def test_weighted_cross_entropy_ignores_void_and_weighs_classes():
+    logits = torch.zeros(1, 3, 3, 1, 1)
+    logits[0, 1, 0] = math.log(3.0)  # voxel 0: p(class 1) = 3/5
+    target = torch.tensor([1, 2, 0]).reshape(1, 3, 1, 1)  # voxel 2 is void
+    weights = torch.tensor([0.0, 1.0, 3.0])
+    expected = (1.0 * -math.log(3 / 5) + 3.0 * -math.log(1 / 3)) / 4.0
+    assert weighted_cross_entropy(logits, target, weights).item() == pytest.approx(expected)
+    empty = weighted_cross_entropy(logits.requires_grad_(), torch.zeros_like(target), weights)
+    assert empty.item() == 0 and empty.requires_grad
+
+
+def test_config_needs_exactly_one_initialisation(stores, pretrained, tmp_path):
+    with pytest.raises(ValueError, match="exactly one"):
+        _config(stores, tmp_path, pretrained=pretrained, scratch=True)
+    with pytest.raises(ValueError, match="exactly one"):
+        _config(stores, tmp_path)
+    with pytest.raises(ValueError, match="target_store_url"):
+        _config(stores, tmp_path, scratch=True, task="superres")
+
+
+def test_cli_finetune_semantics_and_a_store_without_labels(stores, pretrained, tmp_path, capsys):
+    run = tmp_path / "cli"
+    code = cli_main(["finetune", "semantics", "--store", stores["low"], "--out", str(run),
+                     "--pretrained", pretrained, "--preset", "tiny", "--resolution", "32",
+                     "--epochs", "1", "--batch-size", "2", "--num-workers", "0",
+                     "--val-scenes", "room3", "--label-fraction", "0.5"])  # fmt: skip
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["labelled_scenes"] == 2 and math.isfinite(printed["val_miou"])
+
+    bare = str(tmp_path / "bare.zarr")
+    rgba = np.zeros((4, 8, 8, 8), np.float32)
+    GridStore(bare).write_grid("plain", RadianceGrid(rgba=rgba, bbox_min=np.zeros(3),
+                               bbox_max=np.full(3, 0.7), voxel_size=0.1, delta=0.1))  # fmt: skip
+    code = cli_main(["finetune", "semantics", "--store", bare, "--out", str(tmp_path / "no"),
+                     "--scratch", "--preset", "tiny"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "['plain']" in err and "no semantic labels" in err
+    assert not (tmp_path / "no").exists()  # failed before writing anything
+
+
+def test_super_resolution_from_a_finer_store(stores, pretrained, tmp_path):
+    config = _config(stores, tmp_path / "sr", task="superres", target_store_url=stores["high"],
+                     pretrained=pretrained, scenes=ROOMS[:3], val_scenes=["room2"],
+                     train_scenes=None, epochs=1)  # fmt: skip
+    summary = finetune(config)
+    assert summary["scale"] == pytest.approx(47 / 31, abs=1e-3) and summary["target_size"] == 48
+    assert math.isfinite(summary["val_psnr"]) and summary["val_mse"] > 0
+    assert summary["superres_png"].endswith(".png")
+    with pytest.raises(ValueError, match=r"\['room3'\].*no target grid"):
+        finetune(_config(stores, tmp_path / "sr2", task="superres", scratch=True,
+                         target_store_url=stores["high"]))  # fmt: skip
