@@ -578,7 +578,7 @@ def test_documented_flow_parameters_are_valid_configs():
 
     import yaml
 
-    from flows import build_dataset, end_to_end, pretrain
+    from flows import build_dataset, end_to_end, finetune, pretrain
     from flows.tasks import config_from_dict
     from model.engine import PretrainConfig
     from nerf_training import TrainerConfig
@@ -587,6 +587,8 @@ def test_documented_flow_parameters_are_valid_configs():
         "flows/build_dataset.py:build_dataset": build_dataset.build_dataset,
         "flows/pretrain.py:pretrain_mae": pretrain.pretrain_mae,
         "flows/end_to_end.py:nerfmae_pipeline": end_to_end.nerfmae_pipeline,
+        # its FinetuneConfig is built from the deployment in tests/test_flow_finetune.py
+        "flows/finetune.py:finetune_nerfmae": finetune.finetune_nerfmae,
     }
     deployments = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
     assert {d["entrypoint"] for d in deployments} == set(flows_by_entry)

@@ -1,0 +1,281 @@
+"""The ``finetune-nerfmae`` flow on a three-room store of exact synthetic grids (32 voxels,
+with semantic labels): a two-step ``tiny`` pretraining gives the checkpoint, then one
+fine-tuning epoch. The figures are about what the flow runs and reports, not about quality.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+# Prefect reads its settings when imported: a private home and no telemetry (there is no
+# network) before the first ``import prefect``, as in tests/test_flows.py.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="nerfmae-prefect-home-")
+atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_UI_ENABLED"] = "false"
+for _name in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE"):
+    os.environ.pop(_name, None)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+RES = 32
+SCENES = ["room_0", "room_1", "room_2"]
+VAL = ["room_2"]
+FAST = {"num_workers": 0, "val_scenes": VAL, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def prefect_api() -> str:
+    """A temporary Prefect server (SQLite) for this module; yields its API URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="module")
+def labelled_store(tmp_path_factory) -> str:
+    """Three rooms' exact grids, with ``semantic`` labels and ``semantic_classes``."""
+    from grid_store import GridStore
+    from pipeline.synthetic.ground_truth import sample_ground_truth
+    from pipeline.synthetic.room import make_room
+
+    url = str(tmp_path_factory.mktemp("finetune") / "grids.zarr")
+    store = GridStore(url)
+    for seed, scene in enumerate(SCENES):
+        store.write_grid(scene, sample_ground_truth(make_room(seed), RES).with_empty_space(0.01))
+    return url
+
+
+@pytest.fixture(scope="module")
+def checkpoint(labelled_store, tmp_path_factory) -> str:
+    """A one-step ``tiny`` pretraining run's checkpoint on ``labelled_store``."""
+    from model.engine import PretrainConfig, pretrain
+
+    summary = pretrain(
+        PretrainConfig(
+            store_url=labelled_store,
+            out_dir=str(tmp_path_factory.mktemp("mae") / "run"),
+            preset="tiny",
+            resolution=RES,
+            epochs=1,
+            batch_size=2,
+            num_workers=0,
+            val_scenes=VAL,
+            device="cpu",
+        )
+    )
+    assert Path(summary["checkpoint"]).is_file()
+    return summary["checkpoint"]
+
+
+def run_artifact(state, kind: str):
+    """The one artifact of type ``kind`` of the flow run that ended in ``state``."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    (art,) = [a for a in arts if a.type == kind]
+    return art
+
+
+# ----------------------------------------------------------------- plain functions
+def test_command_line_is_what_model_finetune_parses_back():
+    import dataclasses
+
+    from flows.finetune import TASKS, torchrun_command
+    from model.finetune import FINETUNE_TASKS, FinetuneConfig, build_arg_parser
+
+    assert TASKS == FINETUNE_TASKS
+    config = FinetuneConfig(
+        store_url="s3://b/g.zarr",
+        out_dir="/tmp/run",
+        task="superres",
+        pretrained="/tmp/mae/checkpoints/latest.pt",
+        target_store_url="s3://b/g384.zarr",
+        train_scenes=["a", "b"],
+        label_fraction=0.5,
+        allow_resolution_change=True,
+        preset="tiny",
+        max_steps=3,
+    )
+    command = torchrun_command(dataclasses.asdict(config), 2)
+    assert command[1:7] == [
+        "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "model.finetune"
+    ]  # fmt: skip
+    assert FinetuneConfig(**vars(build_arg_parser().parse_args(command[7:]))) == config
+
+
+def test_markdown_reports_each_task_and_escapes_table_cells():
+    from flows.finetune import metrics_markdown
+
+    common = {"steps": 4, "init": "scratch", "transfer": None, "train_loss": 0.5,
+              "val_loss": 0.25, "run_dir": "/r", "checkpoint": "/r/c.pt"}  # fmt: skip
+    semantics = metrics_markdown(
+        {**common, "task": "semantics", "val_miou": 0.125, "val_macc": 0.5, "val_allacc": 0.75,
+         "val_per_class_iou": {"wall|floor": 0.25}, "val_per_class_acc": {"wall|floor": 1.0}},
+        "s.zarr",
+    )  # fmt: skip
+    assert "| val mIoU | 0.125 |" in semantics and "| val allAcc | 0.75 |" in semantics
+    assert "| wall\\|floor | 0.25 | 1 |" in semantics
+    assert "| transfer | none (from scratch) |" in semantics and "PSNR" not in semantics
+    assert "- validation pictures: none" in semantics
+    superres = metrics_markdown(
+        {**common, "task": "superres", "val_psnr": 21.5, "val_mean_batch_psnr": 20.25,
+         "val_mse": 0.007, "superres_png": "/r/superres/step_000004.png"},
+        "s.zarr",
+    )  # fmt: skip
+    assert "| val PSNR, pooled (dB) | 21.5 |" in superres
+    assert "| val PSNR, mean of batches (dB) | 20.25 |" in superres
+    assert "| val MSE | 0.007 |" in superres and "mIoU" not in superres
+    assert "(latest: `step_000004.png`)" in superres
+
+
+def test_deployment_parameters_build_a_finetune_config():
+    import inspect
+
+    import yaml
+
+    from flows.finetune import finetune_nerfmae
+    from model.finetune import FinetuneConfig
+
+    deployments = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+    (deployment,) = [d for d in deployments if d["name"] == "finetune-nerfmae"]
+    assert deployment["entrypoint"] == "flows/finetune.py:finetune_nerfmae"
+    params = dict(deployment["parameters"])
+    assert set(params) <= set(inspect.signature(finetune_nerfmae.fn).parameters)
+    options = params.pop("options", {})
+    renamed = {"store": "store_url", "target_store": "target_store_url"}
+    fields = {renamed.get(k, k): v for k, v in params.items()
+              if k not in ("runs_dir", "nproc_per_node")}  # fmt: skip
+    config = FinetuneConfig(out_dir="o", **fields, **options)
+    assert config.store_url == "data/grids.zarr" and config.pretrained  # the user sets it
+
+
+def test_command_line_passes_its_flags_to_the_flow(monkeypatch, capsys):
+    import json
+
+    import flows.finetune as module
+
+    seen = {}
+
+    def fake_flow(**kwargs):
+        seen.update(kwargs)
+        return {"task": kwargs["task"]}
+
+    monkeypatch.setattr(module, "finetune_nerfmae", fake_flow)
+    argv = ["--store", "g.zarr", "--task", "superres", "--target-store", "g2.zarr", "--scratch",
+            "--label-fraction", "0.5", "--options", '{"max_steps": 3}']  # fmt: skip
+    assert module.main(argv) == 0
+    assert json.loads(capsys.readouterr().out) == {"task": "superres"}
+    assert seen["scratch"] and seen["pretrained"] is None and seen["target_store"] == "g2.zarr"
+    assert seen["label_fraction"] == 0.5 and seen["options"] == {"max_steps": 3}
+    assert seen["out_dir"] is None and seen["runs_dir"] == "runs/finetune"
+    with pytest.raises(SystemExit):  # one of --pretrained and --scratch, not both
+        module.main(["--store", "g.zarr", "--pretrained", "c.pt", "--scratch"])
+    with pytest.raises(SystemExit):
+        module.main(["--store", "g.zarr"])
+
+
+# ----------------------------------------------------------------- flow
+def test_finetune_flow_from_a_checkpoint_reports_semantics(
+    prefect_api, labelled_store, checkpoint, tmp_path
+):
+    from flows.finetune import finetune_nerfmae
+
+    state = finetune_nerfmae(
+        store=labelled_store,
+        task="semantics",
+        pretrained=checkpoint,
+        runs_dir=str(tmp_path / "runs"),
+        resolution=RES,
+        epochs=1,
+        batch_size=2,
+        options=FAST,
+        return_state=True,
+    )
+    assert state.is_completed()
+    summary = state.result()
+    assert summary["task"] == "semantics" and summary["init"] == "pretrained"
+    assert summary["steps"] == 1 and summary["val_scenes"] == 1
+    assert summary["train_scenes"] == summary["labelled_scenes"] == 2
+    assert math.isfinite(summary["train_loss"]) and math.isfinite(summary["val_loss"])
+    for key in ("val_miou", "val_macc", "val_allacc"):
+        assert 0.0 <= summary[key] <= 1.0, (key, summary[key])
+    assert summary["val_per_class_iou"] and "loaded" in summary["transfer"]["summary"]
+    assert Path(summary["run_dir"]).parent == tmp_path / "runs"  # a new dated folder
+    assert Path(summary["checkpoint"]).is_file() and Path(summary["labels_png"]).is_file()
+
+    markdown = run_artifact(state, "markdown").data
+    assert markdown.startswith("# NeRF-MAE fine-tuning: semantics")
+    assert f"| val mIoU | {summary['val_miou']:.4g} |" in markdown
+    assert f"| val allAcc | {summary['val_allacc']:.4g} |" in markdown
+    assert "| init | pretrained |" in markdown and summary["transfer"]["summary"] in markdown
+    for name, iou in summary["val_per_class_iou"].items():
+        assert f"| {name} | {iou:.4g} |" in markdown
+    assert Path(summary["labels_png"]).parent.as_uri() in markdown
+    assert f"- checkpoint: `{summary['checkpoint']}`" in markdown
+
+
+def test_unlabelled_store_and_bad_init_fail_before_training(prefect_api, checkpoint, tmp_path):
+    from flows.finetune import finetune_nerfmae
+    from grid_store import GridStore, RadianceGrid
+
+    url = str(tmp_path / "plain.zarr")
+    store = GridStore(url)
+    for seed, scene in enumerate(("a", "b")):
+        rgba = np.random.default_rng(seed).random((4, 8, 8, 8), dtype=np.float32)
+        store.write_grid(
+            scene,
+            RadianceGrid(rgba=rgba, bbox_min=np.zeros(3), bbox_max=np.full(3, 0.7),
+                         voxel_size=0.1, delta=0.1),
+        )  # fmt: skip
+    run = {"store": url, "epochs": 1, "batch_size": 1, "options": {**FAST, "val_scenes": ["b"]}}
+    with pytest.raises(ValueError, match=r"have no semantic labels"):
+        finetune_nerfmae(**run, pretrained=checkpoint, out_dir=str(tmp_path / "unlabelled"))
+    assert not (tmp_path / "unlabelled" / "checkpoints").exists()
+
+    with pytest.raises(ValueError, match="exactly one of a pretraining checkpoint and scratch"):
+        finetune_nerfmae(**run, pretrained=checkpoint, scratch=True, out_dir=str(tmp_path / "x"))
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        finetune_nerfmae(**run, pretrained=str(tmp_path / "none.pt"), out_dir=str(tmp_path / "y"))
+
+
+@pytest.mark.slow
+def test_finetune_flow_runs_torchrun_for_several_processes(
+    prefect_api, labelled_store, checkpoint, tmp_path
+):
+    import json
+
+    from flows.finetune import finetune_nerfmae
+
+    state = finetune_nerfmae(
+        store=labelled_store,
+        pretrained=checkpoint,
+        out_dir=str(tmp_path / "run"),
+        resolution=RES,
+        epochs=1,
+        batch_size=2,
+        nproc_per_node=2,
+        options=FAST,
+        return_state=True,
+    )
+    summary = state.result()
+    assert summary["world_size"] == 2 and summary["steps"] == 1
+    assert summary["init"] == "pretrained" and 0.0 <= summary["val_miou"] <= 1.0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == summary
+    assert f"| val mIoU | {summary['val_miou']:.4g} |" in run_artifact(state, "markdown").data
