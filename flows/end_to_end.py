@@ -1,5 +1,6 @@
 """Flow ``nerfmae-pipeline``: the whole job, scene folders (or synthetic scenes) to a
-pretrained MAE: ``generate_scene`` (optional) -> ``build-dataset`` -> ``pretrain-mae``.
+pretrained MAE and a fine-tuned downstream task: ``generate_scene`` (optional) ->
+``build-dataset`` -> ``pretrain-mae`` -> ``finetune-nerfmae`` (optional).
 
 The file is not called ``pipeline.py`` on purpose: Prefect (and ``python flows/x.py``)
 put ``flows/`` first on ``sys.path`` when loading a flow file, and a ``flows/pipeline.py``
@@ -42,6 +43,7 @@ def nerfmae_pipeline(
     min_psnr: float | None = None,
     pretraining: dict[str, Any] | None = None,
     mae_run: str | None = None,
+    finetuning: dict[str, Any] | None = None,
     max_parallel: int = 2,
     dask_address: str | None = None,
     local_dask_workers: int | None = None,
@@ -60,6 +62,9 @@ def nerfmae_pipeline(
             ``resolution``, ``nproc_per_node``, ``options``); None skips pretraining.
         mae_run: name of the MAE run folder under ``mae/`` (default: the date and time,
             so a rerun never collides with an earlier run's checkpoints).
+        finetuning: ``finetune-nerfmae`` parameters (``task``, ``preset``, ``epochs``...),
+            run from the pretraining's checkpoint into ``finetune/<the MAE run's name>``;
+            None skips it (as does a run without pretraining).
         max_parallel, dask_address, local_dask_workers: the scene fan-out's task runner.
     """
     logger = get_run_logger()
@@ -100,12 +105,24 @@ def nerfmae_pipeline(
         "work_dir": str(work),
         "scenes": reports,
         "pretrain": None,
+        "finetune": None,
     }
     outcome = f"scenes: {summarize(reports)}"
     if pretraining is not None:
         run_dir = work / "mae" / mae_run if mae_run else new_run_dir(work / "mae")
         summary["pretrain"] = pretrain_mae(store=store, out_dir=str(run_dir), **pretraining)
         outcome += f"; pretrained {summary['pretrain']['steps']} steps into {run_dir}"
+        if finetuning is not None:
+            from flows.finetune import finetune_nerfmae
+
+            tuned = finetune_nerfmae(
+                store=store,
+                pretrained=summary["pretrain"]["checkpoint"],
+                out_dir=str(work / "finetune" / Path(run_dir).name),
+                **finetuning,
+            )
+            summary["finetune"] = tuned
+            outcome += f"; fine-tuned {tuned['task']} for {tuned['steps']} steps"
     return Completed(message=outcome, data=summary)
 
 
@@ -119,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resolution", type=int, default=160)
     parser.add_argument("--min-psnr", type=float)
     parser.add_argument("--pretraining", type=json.loads, help="JSON pretrain-mae parameters")
+    parser.add_argument("--finetuning", type=json.loads, help="JSON finetune-nerfmae parameters")
     args = parser.parse_args(argv)
     summary = nerfmae_pipeline(
         store=args.store,
@@ -129,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         resolution=args.resolution,
         min_psnr=args.min_psnr,
         pretraining=args.pretraining,
+        finetuning=args.finetuning,
     )
     print(json.dumps(summary, indent=2, default=str))
     return 1 if any(r["status"] == "failed" for r in summary["scenes"]) else 0

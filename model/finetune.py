@@ -34,6 +34,7 @@ import sys
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from torch import nn
@@ -56,7 +57,8 @@ class FinetuneConfig(TrainingConfig):
 
     trajectory_fields: ClassVar[tuple[str, ...]] = (
         *TrainingConfig.trajectory_fields, "task", "pretrained", "scratch", "train_scenes",
-        "label_fraction", "allow_resolution_change", "num_classes", "target_store_url",
+        "label_fraction", "allow_resolution_change", "freeze_pretrained", "num_classes",
+        "target_store_url",
     )  # fmt: skip
 
     task: str = "semantics"
@@ -72,6 +74,10 @@ class FinetuneConfig(TrainingConfig):
     """Train only on these scenes (``None``: every scene the split leaves for training)."""
     label_fraction: float = 1.0
     """Share of the training scenes whose labels are used (label-efficiency experiments)."""
+    freeze_pretrained: bool = False
+    """Train only the new parts (full-resolution block, decoder block 1, head) and keep the
+    encoder and decoder blocks 4-2 as initialised: a probe of what pretraining put there
+    (with ``scratch``, of random features)."""
     num_classes: int | None = None
     """Semantics: classes including void (``None``: the stored ``semantic_classes``)."""
     target_store_url: str | None = None
@@ -129,6 +135,8 @@ class DenseTask(Task):
             overrides["resolution"] = config.resolution
         self.mae_config = get_config(config.preset, **overrides)  # validates before data work
         self.resolution = self.mae_config.resolution
+        if config.pretrained and not Path(config.pretrained).is_file():
+            raise FileNotFoundError(f"{config.pretrained}: pretrained: no such checkpoint")
         self.store = GridStore(config.store_url, mode="r")
         self.transfer: dict[str, Any] | None = None
         self.labelled_scenes: list[str] = []
@@ -138,7 +146,7 @@ class DenseTask(Task):
         """The task's :class:`SkipNet` for ``self.mae_config``, randomly initialised."""
 
     def build_model(self) -> nn.Module:
-        from model.transfer import load_pretrained
+        from model.transfer import CARRIED_PREFIXES, load_pretrained
 
         model = self.make_network()
         if self.config.pretrained:
@@ -150,6 +158,10 @@ class DenseTask(Task):
             self.transfer = {"summary": report.summary(), "loaded": len(report.loaded),
                              "fresh": report.fresh, "dropped": report.dropped,
                              "pretrain_step": report.step}  # fmt: skip
+        if self.config.freeze_pretrained:
+            for name, parameter in model.named_parameters():
+                if name.startswith(tuple(CARRIED_PREFIXES.values())):
+                    parameter.requires_grad_(False)
         return model
 
     def model_config(self) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 Runs the Prefect flow ``nerfmae-pipeline`` (:mod:`flows.end_to_end`) on a few small
 synthetic scenes: generate scenes -> train a NeRF per scene (a short time budget each)
--> extract grids -> a local Zarr store -> a short ``tiny`` MAE pretraining, then prints
-a summary table. Rerunning it reuses what is already there (scenes, store entries).
+-> extract grids (with the rooms' semantic labels) -> a local Zarr store -> a short
+``tiny`` MAE pretraining -> semantic voxel labelling fine-tuned from its checkpoint, then
+prints a summary table. Rerunning it reuses what is already there (scenes, store entries).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         "--resolution", type=int, default=48, help="grid samples on the longest side"
     )
     parser.add_argument("--epochs", type=int, default=150, help="MAE pretraining epochs")
+    parser.add_argument(
+        "--finetune-epochs", type=int, default=60, help="semantic fine-tuning epochs"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call
@@ -92,6 +96,22 @@ def run_pipeline(nerfmae_pipeline, args: argparse.Namespace) -> dict[str, Any]:
                 "checkpoint_every": 1000,
             },
         },
+        finetuning={
+            "task": "semantics",
+            "preset": "tiny",
+            "epochs": args.finetune_epochs,
+            "batch_size": 2,
+            "resolution": 32,
+            "options": {
+                "num_workers": 0,
+                "device": "cpu",
+                "val_fraction": 0.25,
+                "augment": True,  # two labelled rooms: rotations and flips are free data
+                "log_every": 5,
+                "eval_every": 1000,
+                "checkpoint_every": 1000,
+            },
+        },
     )
 
 
@@ -136,6 +156,20 @@ def print_summary(summary: dict[str, Any], seconds: float) -> None:
             "of scenes)."
         )
         print(textwrap.fill(note, width=92, initial_indent="  ", subsequent_indent="  "))
+    tuned = summary.get("finetune")
+    if tuned:
+        print(
+            f"\nSemantic fine-tuning ({tuned['preset']}, {tuned['steps']} steps from the MAE "
+            f"checkpoint, {tuned['seconds']:.0f} s): val mIoU {_pct(tuned['val_miou'])}, mAcc "
+            f"{_pct(tuned['val_macc'])}, allAcc {_pct(tuned['val_allacc'])}"
+        )
+        note = (
+            f"on {tuned['val_scenes']} held-out room(s), over the classes present "
+            f"({', '.join(tuned.get('val_classes_present') or []) or 'none'}); "
+            f"{tuned['labelled_scenes']} labelled training room(s). What pretraining is worth "
+            "at a larger scale: benchmarks/bench_transfer.py and BENCHMARKS.md."
+        )
+        print(textwrap.fill(note, width=92, initial_indent="  ", subsequent_indent="  "))
     work = Path(summary["work_dir"])
     print("\nOutputs:")
     print(f"  scenes            {work / 'scenes'}")
@@ -144,6 +178,9 @@ def print_summary(summary: dict[str, Any], seconds: float) -> None:
     if mae:
         print(f"  MAE run           {mae['run_dir']}  (TensorBoard: {mae['tensorboard_dir']})")
         print(f"  reconstructions   {mae['recon_png'] or 'none'}")
+    if tuned:
+        print(f"  fine-tuning run   {tuned['run_dir']}  (metrics.json, per-class IoU)")
+        print(f"  label slices      {tuned['labels_png'] or 'none'}")
 
 
 def _fidelity(summary: dict[str, Any], report: dict[str, Any]) -> dict[str, Any] | None:
@@ -156,6 +193,10 @@ def _fidelity(summary: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]
 
     grid = GridStore(summary["store"], mode="r").read_grid(report["scene_id"])
     return grid_fidelity(grid, RadianceGrid.load_npz(truth_path / "grid.npz"))
+
+
+def _pct(value: Any) -> str:
+    return f"{100 * value:.1f} %" if isinstance(value, (int, float)) else "-"
 
 
 def _num(value: Any) -> str:

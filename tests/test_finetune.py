@@ -201,3 +201,22 @@ def test_super_resolution_from_a_finer_store(stores, pretrained, tmp_path):
     with pytest.raises(ValueError, match=r"\['room3'\].*no target grid"):
         finetune(_config(stores, tmp_path / "sr2", task="superres", scratch=True,
                          target_store_url=stores["high"]))  # fmt: skip
+
+
+def test_a_frozen_probe_trains_only_the_new_parts(stores, pretrained, tmp_path):
+    run = tmp_path / "probe"
+    summary = finetune(_config(stores, run, pretrained=pretrained, freeze_pretrained=True,
+                               epochs=1))  # fmt: skip
+    assert summary["steps"] == 2
+    source = load_checkpoint(pretrained)["model"]
+    tuned = load_checkpoint(run / "checkpoints" / "latest.pt")["model"]
+    for name, tensor in tuned.items():
+        if name.startswith(("encoder.", "decoder4.", "decoder3.", "decoder2.")):
+            old = "decoder." + name if name.startswith("decoder") else name
+            assert torch.equal(tensor, source[old]), name
+    task = SemanticsTask(_config(stores, tmp_path / "init", pretrained=pretrained), CPU)
+    task.check_scenes(ROOMS)
+    torch.manual_seed(0)  # the run's seed, set before the trainer builds the model
+    initial = task.build_model().state_dict()
+    for name in ("head.weight", "decoder1.up.weight", "encoder1.conv1.weight"):
+        assert not torch.equal(tuned[name], initial[name]), name  # the new parts did train

@@ -5,23 +5,10 @@ fine-tuning epoch. The figures are about what the flow runs and reports, not abo
 
 from __future__ import annotations
 
-import atexit
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
-# Prefect reads its settings when imported: a private home and no telemetry (there is no
-# network) before the first ``import prefect``, as in tests/test_flows.py.
-_PREFECT_HOME = tempfile.mkdtemp(prefix="nerfmae-prefect-home-")
-atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
-os.environ["PREFECT_HOME"] = _PREFECT_HOME
-os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-os.environ["PREFECT_UI_ENABLED"] = "false"
-for _name in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE"):
-    os.environ.pop(_name, None)
-
+# Prefect's private home and settings: tests/conftest.py (read before any import).
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -30,16 +17,6 @@ RES = 32
 SCENES = ["room_0", "room_1", "room_2"]
 VAL = ["room_2"]
 FAST = {"num_workers": 0, "val_scenes": VAL, "device": "cpu"}
-
-
-@pytest.fixture(scope="module")
-def prefect_api() -> str:
-    """A temporary Prefect server (SQLite) for this module; yields its API URL."""
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield PREFECT_API_URL.value()
 
 
 @pytest.fixture(scope="module")

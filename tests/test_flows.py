@@ -9,27 +9,15 @@ what is reported), not about quality.
 
 from __future__ import annotations
 
-import atexit
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-# Prefect reads its settings when imported: a private home and no telemetry (there is
-# no network) must be in place before the first ``import prefect``.
-_PREFECT_HOME = tempfile.mkdtemp(prefix="nerfmae-prefect-home-")
-atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
-os.environ["PREFECT_HOME"] = _PREFECT_HOME
-os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-os.environ["PREFECT_UI_ENABLED"] = "false"
-for _name in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE"):
-    os.environ.pop(_name, None)
-
+# Prefect's private home and settings: tests/conftest.py (read before any import).
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -67,16 +55,6 @@ FAST = {"nerf": NERF, "resolution": RES, "retries": 0, "retry_delay_s": 0.0, "ma
 
 
 # ----------------------------------------------------------------- fixtures
-@pytest.fixture(scope="session")
-def prefect_api() -> str:
-    """A temporary Prefect server (SQLite) for the whole session; yields its API URL."""
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield PREFECT_API_URL.value()
-
-
 @pytest.fixture(scope="session")
 def scene_root(tmp_path_factory) -> Path:
     """Three tiny synthetic scenes in one folder."""

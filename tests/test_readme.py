@@ -45,6 +45,8 @@ def test_the_tour_is_what_the_readme_says():
         "extract",
         "store",
         "pretrain",
+        "store",
+        "finetune",
     ]
 
 
@@ -61,7 +63,7 @@ def test_readme_tour_and_python_snippets_run_as_printed(tmp_path):
         )  # fmt: skip
         assert done.returncode == 0, f"{command}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         outputs.append(done)
-    synth, train, extract, ls, pretrain = outputs
+    synth, train, extract, ls, pretrain, add, tuned = outputs
     assert sorted(p.name for p in (tmp_path / "data" / "scenes").iterdir()) == [
         "scene_0000",
         "scene_0001",
@@ -75,6 +77,11 @@ def test_readme_tour_and_python_snippets_run_as_printed(tmp_path):
     assert summary["steps"] == 5 and summary["train_scenes"] == 1
     assert "batch_size 32 exceeds the 1 training scene(s): using 1" in pretrain.stderr
     assert "no validation scene" in pretrain.stderr
+    assert "added 2 scene(s) to data/truth.zarr" in add.stdout
+    tuned = json.loads(tuned.stdout)
+    assert tuned["task"] == "semantics" and tuned["init"] == "pretrained"
+    assert tuned["steps"] == 10 and 0 <= tuned["val_miou"] <= 1
+    assert (tmp_path / tuned["labels_png"]).is_file()
 
     snippets = code_blocks(section("Single-scene grid extraction (Python API)"), "python")
     snippets += code_blocks(section("The grid store"), "python")
