@@ -12,6 +12,7 @@ setup: $(STAMP)
 
 # Re-run only when the project's dependencies change; otherwise a no-op.
 $(STAMP): pyproject.toml
+	@./scripts/install_system_packages.sh
 	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned: an unpinned install pulls a multi-GB CUDA build.

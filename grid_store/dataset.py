@@ -3,16 +3,31 @@
 The only ``grid_store`` module that imports torch. A sample is::
 
     {"rgba": (4, S, S, S) float32, "valid": (S, S, S) bool, "scene_id": str,
-     "semantic": (S, S, S) uint8   # only for scenes that store labels}
+     "semantic": (S, S, S) uint8,   # only for scenes that store labels
+     "boxes": (N, 7) float32,       # only for scenes that store boxes: in the sample's
+     "box_labels": (N,) int64}      #   voxel coordinates, see below
 
 Grids are zero-padded at the high end of each axis (NeRF-MAE's ``pad_tensor``), and
 ``valid`` marks the real region. An axis longer than ``S`` is cropped to an ``S`` window
 (from 0 with ``crop="pad"``, at a random offset with ``crop="random"``); the window is
 sliced out of the zarr array, so only the ``(4, 32, 32, 32)`` chunks it touches are
-read and decompressed. Augmentation is NeRF-MAE's ``augment_rpn_inputs`` without boxes:
-with probability 0.5 each, a 90-degree rotation about z (swap x and y, then flip x), a
-flip along x and a flip along y, applied before padding so the padding stays at the
-high end.
+read and decompressed. Augmentation is NeRF-MAE's ``augment_rpn_inputs``: with
+probability 0.5 each, a 90-degree rotation about z (swap x and y, then flip x), a flip
+along x and a flip along y, applied before padding so the padding stays at the high end.
+
+Boxes (``(cx, cy, cz, w, l, h, yaw)``, :mod:`grid_store.boxes`) are stored in world units;
+a sample's are in its own voxel coordinates (sample ``i`` of an axis at ``i + 0.5``, the
+padded cube spans ``[0, S]^3``): world -> voxel coordinates of the stored grid
+(``world_to_voxel`` with the scene's ``bbox_min`` and ``voxel_size``), minus the crop
+window's start, then the grid's augmentation (``augment_boxes`` with the window's
+``(x, y)`` extent), yaw wrapped to ``[-pi, pi)``. A box is kept if and only if its centre
+lies in the window, half-open per axis: ``start <= c < stop`` in stored voxel
+coordinates (so windows that tile an axis share no box; with ``crop="pad"`` too, where a
+box centred beyond the stored grid is dropped); kept boxes are not clipped and may reach
+past the window. ``box_labels`` stay aligned with ``boxes``; a sample may have
+no box (``(0, 7)`` and ``(0,)``). Boxes are read once per scene and process, like the
+arrays. Their count varies, so ``collate_grids`` hands them over as lists
+(``default_collate`` would refuse them).
 
 Randomness comes from ``(seed, epoch, index)`` alone, so a sample does not depend on
 which DataLoader worker made it or in what order. Call ``set_epoch`` before creating
@@ -46,9 +61,13 @@ from torch.utils.data import Dataset, get_worker_info
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from grid_store.store import GridStore, validate_scene_id
+from grid_store.boxes import augment_boxes, world_to_voxel
+from grid_store.store import GridStore, StoreFormatError, validate_scene_id
 
 CROP_MODES = ("pad", "random")
+
+VARIABLE_LENGTH_KEYS = ("boxes", "box_labels")
+"""Sample keys whose first dimension differs between samples: ``collate_grids`` lists them."""
 
 
 def _is_plain_blosc(array: zarr.Array) -> bool:
@@ -150,12 +169,20 @@ def collate_grids(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
     ``GridDataset.__getitems__`` writes a batch's samples as consecutive slices of one
     ``(B, C, S, S, S)`` tensor (in shared memory inside DataLoader workers); stacking
-    them again would copy ~65 MB per grid for nothing. Anything else is stacked.
+    them again would copy ~65 MB per grid for nothing. The variable-length keys
+    (``VARIABLE_LENGTH_KEYS``: ``boxes``, ``box_labels``) become lists of the samples'
+    tensors, present if any sample has them, with ``None`` for a sample that has none (a
+    scene without boxes). Anything else is stacked.
     """
     from torch.utils.data import default_collate
 
     batch = {}
+    for key in VARIABLE_LENGTH_KEYS:
+        if any(key in s for s in samples):
+            batch[key] = [s.get(key) for s in samples]
     for key in samples[0]:
+        if key in batch:
+            continue
         values = [s[key] for s in samples]
         base = getattr(values[0], "_grid_batch", None)
         if (
@@ -214,14 +241,37 @@ class GridDataset(Dataset):
     def _open_store(self) -> GridStore:
         return GridStore(self.store_url, mode="r", storage_options=self.storage_options)
 
-    def _scene(self, scene_id: str) -> tuple[Any, Any | None]:
-        """The scene's zarr arrays ``(rgba, semantic or None)``, opened once per process."""
+    def _scene(self, scene_id: str) -> tuple[Any, Any | None, tuple[np.ndarray, np.ndarray] | None]:
+        """``(rgba, semantic or None, boxes or None)``, opened/read once per scene and process.
+
+        ``boxes`` is ``(voxel_boxes (N, 7) float32, labels (N,) int64)``: the stored boxes
+        already in the stored grid's voxel coordinates. Scenes without boxes cost nothing more.
+        """
         if self._store is None or self._store_pid != os.getpid():
             self._store, self._store_pid, self._arrays = self._open_store(), os.getpid(), {}
         if scene_id not in self._arrays:
             arrays = self._store.scene_zarr_arrays(scene_id)
-            self._arrays[scene_id] = (arrays["rgba"], arrays.get("semantic"))
+            boxes = None
+            if "boxes" in arrays or "box_labels" in arrays:
+                boxes = self._voxel_boxes(scene_id, arrays)
+            self._arrays[scene_id] = (arrays["rgba"], arrays.get("semantic"), boxes)
         return self._arrays[scene_id]
+
+    def _voxel_boxes(self, scene_id: str, arrays: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """The scene's stored boxes in its grid's voxel coordinates, with their labels."""
+        if "boxes" not in arrays or "box_labels" not in arrays:
+            raise StoreFormatError(
+                f"{self.store_url}: scene {scene_id!r} stores only one of boxes/box_labels"
+            )
+        boxes = np.asarray(arrays["boxes"][...], dtype=np.float32).reshape(-1, 7)
+        labels = np.asarray(arrays["box_labels"][...], dtype=np.int64).reshape(-1)
+        if len(labels) != len(boxes):
+            raise StoreFormatError(
+                f"{self.store_url}: scene {scene_id!r} has {len(boxes)} boxes "
+                f"but {len(labels)} box_labels"
+            )
+        attrs = self._store.scene_attrs(scene_id)
+        return world_to_voxel(boxes, attrs["bbox_min"], float(attrs["voxel_size"])), labels
 
     def __getstate__(self) -> dict[str, Any]:
         # Open stores (fsspec sessions, event loops) do not cross process boundaries.
@@ -300,7 +350,7 @@ class GridDataset(Dataset):
         fault in every page of the padded region (often half the cube) for nothing.
         """
         scene_id = self.scene_ids[index]
-        rgba_array, semantic_array = self._scene(scene_id)
+        rgba_array, semantic_array, boxes = self._scene(scene_id)
         rng = np.random.default_rng([self.seed, self.epoch, index])
         window = self._window(rgba_array.shape[1:], rng)
         rotate, flip_x, flip_y = self._augmentation(rng)
@@ -322,7 +372,39 @@ class GridDataset(Dataset):
             semantic = torch.from_numpy(semantic_array[window][None])  # (1, x, y, z) uint8
             semantic = self._augmented(semantic, rotate, flip_x, flip_y)
             sample["semantic"] = self._padded(semantic, torch.uint8)[0]  # (S, S, S)
+        if boxes is not None:
+            sample["boxes"], sample["box_labels"] = window_boxes(
+                *boxes, window, rotate, flip_x, flip_y
+            )
         return sample
+
+
+def window_boxes(
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    window: Sequence[slice],
+    rotate: bool,
+    flip_x: bool,
+    flip_y: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A window's boxes and labels, in the augmented sample's voxel coordinates.
+
+    ``boxes`` ``(N, 7)`` are in the stored grid's voxel coordinates and ``window`` is the
+    ``(x, y, z)`` slices of the stored grid a sample reads. Kept: the boxes whose centre
+    lies in the window, ``start <= c < stop`` on every axis. They are shifted by the
+    window's start and then moved like the voxels (``augment_boxes`` with the window's
+    ``(x, y)`` extent), neither clipped nor otherwise changed. Returns ``(N', 7)`` float32
+    and ``(N',)`` int64 tensors.
+    """
+    start = np.array([w.start for w in window], dtype=np.float32)
+    stop = np.array([w.stop for w in window], dtype=np.float32)
+    centres = boxes[:, :3]
+    keep = ((centres >= start) & (centres < stop)).all(axis=1)
+    shifted = boxes[keep]  # a copy (boolean indexing)
+    shifted[:, :3] -= start
+    extent = (window[0].stop - window[0].start, window[1].stop - window[1].start)
+    moved = augment_boxes(shifted, extent, rotate, flip_x, flip_y)
+    return torch.from_numpy(moved.reshape(-1, 7)), torch.from_numpy(labels[keep])
 
 
 def stored_axis_flips(rotate: bool, flip_x: bool, flip_y: bool) -> list[int]:

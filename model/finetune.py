@@ -2,7 +2,8 @@
 tasks, and the entry points.
 
 A fine-tuning run is a :class:`model.trainer.Trainer` run of one downstream task
-(:mod:`model.semantic_task`, :mod:`model.superres_task`) on a :class:`model.skip_net.SkipNet`
+(:mod:`model.semantic_task`, :mod:`model.superres_task`, :mod:`model.detection.task`) on
+a :class:`model.skip_net.SkipNet` (the detector: :class:`model.detection.detector.Detector`)
 whose encoder and decoder blocks 4-2 come from a pretraining checkpoint (``pretrained``)
 or start random (``scratch``). Both are built from the same seed, so a pretrained run and
 a scratch run differ only in the tensors the checkpoint sets (the transfer report, in
@@ -17,7 +18,7 @@ Defaults follow the reference's fine-tuning scripts (facts section 6.2-6.3): lr 
 weight decay 1e-3, clip 0.1, batch 8, one-cycle, no augmentation; 1000 epochs is the
 reference's, far beyond a CPU: pass ``epochs`` / ``max_steps``.
 
-Command line: ``nerfmae finetune semantics|superres ...`` or, one rank of ``torchrun``,
+Command line: ``nerfmae finetune semantics|superres|detect ...`` or, one rank of ``torchrun``,
 ``python -m model.finetune --task semantics --store URL --out RUN (--pretrained CKPT |
 --scratch) [--field value ...]``.
 """
@@ -33,7 +34,7 @@ import os
 import sys
 from abc import abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -43,10 +44,11 @@ from grid_store import GridStore
 from model.distributed import DistributedContext
 from model.trainer import Task, run_task
 from model.training_config import TrainingConfig, add_config_flags, json_ready, rank_by_hash
+from model.transfer import CARRIED_PREFIXES
 
 logger = logging.getLogger(__name__)
 
-FINETUNE_TASKS = ("semantics", "superres")
+FINETUNE_TASKS = ("semantics", "superres", "detect")
 LABEL_ORDER_SALT = 104729
 """Seed of the hash order labelled subsets are drawn in (fixed: the same for every run seed)."""
 
@@ -58,11 +60,12 @@ class FinetuneConfig(TrainingConfig):
     trajectory_fields: ClassVar[tuple[str, ...]] = (
         *TrainingConfig.trajectory_fields, "task", "pretrained", "scratch", "train_scenes",
         "label_fraction", "allow_resolution_change", "freeze_pretrained", "num_classes",
-        "target_store_url",
+        "target_store_url", "detector_overrides",
     )  # fmt: skip
 
     task: str = "semantics"
-    """Downstream task: ``semantics`` (voxel labels) or ``superres`` (voxel super-resolution)."""
+    """Downstream task: ``semantics`` (voxel labels), ``superres`` (voxel super-resolution)
+    or ``detect`` (oriented 3D boxes)."""
     pretrained: str | None = None
     """Pretraining checkpoint (``RUN/checkpoints/latest.pt``) whose encoder starts the run."""
     scratch: bool = False
@@ -82,6 +85,9 @@ class FinetuneConfig(TrainingConfig):
     """Semantics: classes including void (``None``: the stored ``semantic_classes``)."""
     target_store_url: str | None = None
     """Super-resolution: the store holding the same scenes at the higher resolution."""
+    detector_overrides: dict[str, Any] = field(default_factory=dict)
+    """Detection: overrides of :class:`model.detection.detector.DetectorConfig` fields
+    (e.g. ``{"channels": 64}`` for CPU runs; the reference's FPN has 256)."""
     preset: str = "swin_s"
     epochs: int = 1000
     batch_size: int = 8
@@ -122,8 +128,13 @@ def labelled_subset(
 
 
 class DenseTask(Task):
-    """A :class:`~model.skip_net.SkipNet` task: builds the network for the run's preset and
-    resolution and starts it from the checkpoint or from scratch."""
+    """A task on an encoder network (a :class:`~model.skip_net.SkipNet`, the detector):
+    builds the network for the run's preset and resolution and starts it from the
+    checkpoint (the tensors of :attr:`carried_prefixes`) or from scratch."""
+
+    carried_prefixes: ClassVar[dict[str, str]] = CARRIED_PREFIXES
+    """Checkpoint prefix -> network prefix of what pretraining sets (and
+    ``freeze_pretrained`` freezes)."""
 
     def __init__(self, config: FinetuneConfig, ctx: DistributedContext) -> None:
         from model import get_config
@@ -146,13 +157,14 @@ class DenseTask(Task):
         """The task's :class:`SkipNet` for ``self.mae_config``, randomly initialised."""
 
     def build_model(self) -> nn.Module:
-        from model.transfer import CARRIED_PREFIXES, load_pretrained
+        from model.transfer import load_pretrained
 
         model = self.make_network()
         if self.config.pretrained:
             report = load_pretrained(
                 model, self.config.pretrained,
                 allow_resolution_change=self.config.allow_resolution_change,
+                prefixes=self.carried_prefixes,
             )  # fmt: skip
             logger.info("initialised from %s", report.summary())
             self.transfer = {"summary": report.summary(), "loaded": len(report.loaded),
@@ -160,7 +172,7 @@ class DenseTask(Task):
                              "pretrain_step": report.step}  # fmt: skip
         if self.config.freeze_pretrained:
             for name, parameter in model.named_parameters():
-                if name.startswith(tuple(CARRIED_PREFIXES.values())):
+                if name.startswith(tuple(self.carried_prefixes.values())):
                     parameter.requires_grad_(False)
         return model
 
@@ -181,6 +193,10 @@ def make_finetune_task(config: FinetuneConfig, ctx: DistributedContext) -> Task:
         from model.semantic_task import SemanticsTask
 
         return SemanticsTask(config, ctx)
+    if config.task == "detect":
+        from model.detection.task import DetectionTask
+
+        return DetectionTask(config, ctx)
     from model.superres_task import SuperResolutionTask
 
     return SuperResolutionTask(config, ctx)

@@ -204,6 +204,14 @@ def optimizer_step(
 
 
 # --------------------------------------------------------------------------- the run
+def _read_png(path: Path) -> np.ndarray:
+    """A PNG as ``(H, W, 3)`` uint8, for TensorBoard's image tab."""
+    from matplotlib.image import imread
+
+    image = imread(path)[..., :3]
+    return (image * 255).round().astype(np.uint8) if image.dtype != np.uint8 else image
+
+
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
@@ -412,6 +420,8 @@ class Trainer:
             logger.info("step %d validation: %s", step, scalars)
             if picture.is_file():
                 self.last_picture = picture
+                writer.add_image(f"val/{self.task.picture_dir}", _read_png(picture), step,
+                                 dataformats="HWC")  # fmt: skip
         return result
 
     def _losses(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:

@@ -40,6 +40,9 @@ CARRIED_PREFIXES = {
 }
 """Pretraining state-dict prefix -> downstream prefix."""
 
+ENCODER_ONLY = {"encoder.": "encoder."}
+"""The detector's share of a checkpoint: NeRF-RPN's FPN and head start from scratch."""
+
 
 @dataclass
 class TransferReport:
@@ -76,12 +79,19 @@ def _modules(names: list[str]) -> str:
 
 
 def load_pretrained(
-    model: nn.Module, path: str | Path, *, allow_resolution_change: bool = False
+    model: nn.Module,
+    path: str | Path,
+    *,
+    allow_resolution_change: bool = False,
+    prefixes: dict[str, str] | None = None,
 ) -> TransferReport:
     """Copy a pretraining checkpoint's encoder and decoder blocks 4-2 into ``model``.
 
     ``model`` is a :class:`model.skip_net.SkipNet` (anything with ``config`` and the same
-    module names). Returns the report; nothing of ``model`` changes when it raises.
+    module names). ``prefixes`` (default :data:`CARRIED_PREFIXES`) says which checkpoint
+    tensors go where; the detector takes only the encoder (``{"encoder.": "encoder."}``,
+    :data:`ENCODER_ONLY`), the rest is dropped. Returns the report; nothing of ``model``
+    changes when it raises.
 
     Raises:
         FileNotFoundError: no such checkpoint.
@@ -113,6 +123,7 @@ def load_pretrained(
             "(allow_resolution_change=True, --allow-resolution-change)"
         )
 
+    carried = CARRIED_PREFIXES if prefixes is None else prefixes
     own = model.state_dict()
     updates, report = {}, TransferReport(source=str(path))
     report.step = (checkpoint.get("position") or {}).get("step")
@@ -120,7 +131,7 @@ def load_pretrained(
         target = next(
             (
                 new + name[len(old) :]
-                for old, new in CARRIED_PREFIXES.items()
+                for old, new in carried.items()
                 if name.startswith(old)
             ),
             None,

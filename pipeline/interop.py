@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from grid_store.boxes import aabb_to_boxes, voxel_to_world, world_to_voxel
 from grid_store.grid import SCHEMA_VERSION, GridValidationError, RadianceGrid
 
 log = logging.getLogger(__name__)
@@ -86,30 +87,21 @@ def alpha_to_density(alpha: np.ndarray, rule: str) -> np.ndarray:
 
 # -------------------------------------------------------------------- boxes
 def boxes_voxel_to_world(boxes: np.ndarray, bbox_min: np.ndarray, voxel_size: float) -> np.ndarray:
-    """NeRF-RPN boxes in voxel-index units -> contract-1 ``(N, 7)`` world boxes.
+    """NeRF-RPN boxes in voxel coordinates -> contract-1 ``(N, 7)`` world boxes.
 
     Accepts ``(N, 7)`` ``(x, y, z, w, l, h, yaw)`` or ``(N, 6)`` axis-aligned
-    ``(xmin, ymin, zmin, xmax, ymax, zmax)``; index ``c`` is at ``bbox_min + c * voxel_size``.
+    ``(xmin, ymin, zmin, xmax, ymax, zmax)``; the voxel convention is
+    :mod:`grid_store.boxes`' (voxel ``i`` covers ``[i, i + 1]``, sample ``i`` at ``i + 0.5``).
     """
     b = np.asarray(boxes, dtype=np.float64)
     if b.ndim != 2 or b.shape[1] not in (6, 7):
         raise ValueError(f"boxes: expected (N, 7) or (N, 6), got {b.shape}")
-    if b.shape[1] == 6:
-        b = np.concatenate(
-            [(b[:, :3] + b[:, 3:]) / 2, b[:, 3:] - b[:, :3], np.zeros((len(b), 1))], 1
-        )
-    out = b.copy()
-    out[:, :3] = np.asarray(bbox_min, dtype=np.float64) + b[:, :3] * voxel_size
-    out[:, 3:6] = b[:, 3:6] * voxel_size
-    return out.astype(np.float32)
+    return voxel_to_world(aabb_to_boxes(b) if b.shape[1] == 6 else b, bbox_min, voxel_size)
 
 
 def boxes_world_to_voxel(boxes: np.ndarray, bbox_min: np.ndarray, voxel_size: float) -> np.ndarray:
-    """Contract-1 ``(N, 7)`` world boxes -> NeRF-RPN ``(N, 7)`` voxel-index boxes."""
-    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 7).copy()
-    b[:, :3] = (b[:, :3] - np.asarray(bbox_min, dtype=np.float64)) / voxel_size
-    b[:, 3:6] = b[:, 3:6] / voxel_size
-    return b.astype(np.float32)
+    """Contract-1 ``(N, 7)`` world boxes -> NeRF-RPN ``(N, 7)`` voxel-coordinate boxes."""
+    return world_to_voxel(boxes, bbox_min, voxel_size)
 
 
 # ------------------------------------------------------------------- import

@@ -168,6 +168,15 @@ def test_config_needs_exactly_one_initialisation(stores, pretrained, tmp_path):
         _config(stores, tmp_path, scratch=True, task="superres")
 
 
+def _bare_store(tmp_path) -> str:
+    """A store of one unlabelled scene ("plain"), without boxes."""
+    bare = str(tmp_path / "bare.zarr")
+    rgba = np.zeros((4, 8, 8, 8), np.float32)
+    GridStore(bare).write_grid("plain", RadianceGrid(rgba=rgba, bbox_min=np.zeros(3),
+                               bbox_max=np.full(3, 0.7), voxel_size=0.1, delta=0.1))  # fmt: skip
+    return bare
+
+
 def test_cli_finetune_semantics_and_a_store_without_labels(stores, pretrained, tmp_path, capsys):
     run = tmp_path / "cli"
     code = cli_main(["finetune", "semantics", "--store", stores["low"], "--out", str(run),
@@ -178,10 +187,7 @@ def test_cli_finetune_semantics_and_a_store_without_labels(stores, pretrained, t
     printed = json.loads(capsys.readouterr().out)
     assert printed["labelled_scenes"] == 2 and math.isfinite(printed["val_miou"])
 
-    bare = str(tmp_path / "bare.zarr")
-    rgba = np.zeros((4, 8, 8, 8), np.float32)
-    GridStore(bare).write_grid("plain", RadianceGrid(rgba=rgba, bbox_min=np.zeros(3),
-                               bbox_max=np.full(3, 0.7), voxel_size=0.1, delta=0.1))  # fmt: skip
+    bare = _bare_store(tmp_path)
     code = cli_main(["finetune", "semantics", "--store", bare, "--out", str(tmp_path / "no"),
                      "--scratch", "--preset", "tiny"])  # fmt: skip
     assert code == 2
@@ -220,3 +226,49 @@ def test_a_frozen_probe_trains_only_the_new_parts(stores, pretrained, tmp_path):
     initial = task.build_model().state_dict()
     for name in ("head.weight", "decoder1.up.weight", "encoder1.conv1.weight"):
         assert not torch.equal(tuned[name], initial[name]), name  # the new parts did train
+
+
+def test_detection_from_a_pretrained_encoder_then_detect_evaluate_and_export(
+    stores, pretrained, tmp_path, capsys
+):
+    run = tmp_path / "detect"
+    code = cli_main(["finetune", "detect", "--store", stores["low"], "--out", str(run),
+                     "--pretrained", pretrained, "--preset", "tiny", "--resolution", "32",
+                     "--epochs", "1", "--batch-size", "2", "--num-workers", "0",
+                     "--val-scenes", "room3", "--fpn-channels", "16", "--augment"])  # fmt: skip
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["task"] == "detect" and summary["init"] == "pretrained"
+    assert 0 <= summary["val_ap50"] <= 1 and 0 <= summary["val_recall50@300"] <= 1
+    assert math.isfinite(summary["train_loss"]) and math.isfinite(summary["val_loss"])
+    # only the encoder carries over: the FPN and the head start fresh (NeRF-RPN's rule)
+    fresh = summary["transfer"]["fresh"]
+    assert any(n.startswith("fpn.") for n in fresh) and any(n.startswith("head.") for n in fresh)
+    assert not any(n.startswith("encoder.") for n in fresh)
+    assert summary["boxes_png"] and (run / "boxes").is_dir()
+    checkpoint = run / "checkpoints" / "latest.pt"
+
+    boxes_json, picture = tmp_path / "boxes.json", tmp_path / "boxes.png"
+    assert cli_main(["detect", "--store", stores["low"], "--scene-id", "room3", "--checkpoint",
+                     str(checkpoint), "--out", str(boxes_json), "--picture", str(picture)]) == 0
+    saved = json.loads(boxes_json.read_text())
+    assert saved["scene_id"] == "room3" and saved["units"] == "world"
+    assert picture.read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    assert cli_main(["evaluate", "--store", stores["low"], "--checkpoint", str(checkpoint),
+                     "--scene-ids", "room3"]) == 0  # fmt: skip
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["num_scenes"] == 1 and scores["num_gt"] > 0 and 0 <= scores["ap25"] <= 1
+    assert cli_main(["export-3d", "--store", stores["low"], "--scene-id", "room3", "--out",
+                     str(tmp_path / "ply"), "--boxes", str(boxes_json)]) == 0  # fmt: skip
+    assert (tmp_path / "ply" / "room3_pred_boxes.ply").is_file()
+
+    with pytest.raises(ValueError, match="'detect' fine-tuning checkpoint"):
+        load_pretrained(_network(stores, tmp_path), checkpoint)
+    assert cli_main(["detect", "--store", stores["low"], "--scene-id", "room3", "--checkpoint",
+                     pretrained, "--out", str(tmp_path / "x.json")]) == 2  # fmt: skip
+    assert "'pretrain' checkpoint" in capsys.readouterr().err
+    code = cli_main(["finetune", "detect", "--store", _bare_store(tmp_path), "--out",
+                     str(tmp_path / "no"), "--scratch", "--preset", "tiny"])  # fmt: skip
+    assert code == 2 and "have no boxes" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()

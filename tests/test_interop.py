@@ -165,13 +165,14 @@ def test_anisotropic_box_uses_longest_axis_spacing_and_records_it(tmp_path, capl
 def test_boxes_voxel_units_to_world_and_back(tmp_path):
     obb = np.array([[10.0, 5.0, 2.0, 4.0, 2.0, 2.0, 0.3]])
     world = boxes_voxel_to_world(obb, np.array([1.0, 2.0, 3.0]), 0.5)
-    np.testing.assert_allclose(world, [[6.0, 4.5, 4.0, 2.0, 1.0, 1.0, 0.3]], rtol=1e-6)
+    # sample i of the grid sits at voxel coordinate i + 0.5 (voxel i covers [i, i + 1])
+    np.testing.assert_allclose(world, [[5.75, 4.25, 3.75, 2.0, 1.0, 1.0, 0.3]], rtol=1e-6)
     np.testing.assert_allclose(
         boxes_world_to_voxel(world, np.array([1.0, 2.0, 3.0]), 0.5), obb, rtol=1e-6
     )
     aabb = np.array([[0.0, 2.0, 4.0, 2.0, 6.0, 5.0]])  # (xmin, ymin, zmin, xmax, ymax, zmax)
     np.testing.assert_allclose(
-        boxes_voxel_to_world(aabb, np.zeros(3), 1.0), [[1, 4, 4.5, 2, 4, 1, 0]]
+        boxes_voxel_to_world(aabb, np.zeros(3), 1.0), [[0.5, 3.5, 4.0, 2, 4, 1, 0]]
     )
 
     np.save(tmp_path / "boxes.npy", obb)

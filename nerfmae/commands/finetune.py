@@ -1,4 +1,4 @@
-"""``nerfmae finetune semantics|superres``: a downstream task from a pretraining checkpoint
+"""``nerfmae finetune semantics|superres|detect``: a downstream task from a pretraining checkpoint
 (``--pretrained``) or from random weights (``--scratch``), same network and schedule.
 
 Multi-GPU: ``torchrun --nproc_per_node=N -m model.finetune --task semantics --store URL
@@ -71,7 +71,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "finetune",
-        help="fine-tune a pretrained encoder: semantic voxels or super-resolution",
+        help="fine-tune a pretrained encoder: semantic voxels, super-resolution or 3D boxes",
         description="Fine-tune NeRF-MAE downstream; writes checkpoints, TensorBoard events, "
         "pictures, config.json and metrics.json under RUN_DIR and prints the summary.",
     )
@@ -101,14 +101,32 @@ def register(subparsers) -> None:
     )
 
 
+    detect = tasks.add_parser(
+        "detect",
+        help="oriented 3D boxes, NeRF-RPN's anchor-free FCOS head (AP25, AP50)",
+        description="3D object detection: the store's scenes must carry boxes ('boxes' "
+        "arrays, world units). Only the encoder comes from the checkpoint; the FPN and the "
+        "head start fresh. With --augment, also NeRF-RPN's small rotation and scaling.",
+    )
+    _common(detect)
+    detect.add_argument(
+        "--fpn-channels",
+        type=int,
+        help="FPN and head width (default 256, the reference's; 64 makes CPU runs affordable)",
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from model.finetune import FinetuneConfig, finetune
 
     given = {
         name: value
         for name, value in vars(args).items()
-        if name not in ("store", "out", "func", "command", "verbose") and value is not None
+        if name not in ("store", "out", "func", "command", "verbose", "fpn_channels")
+        and value is not None
     }
+    if getattr(args, "fpn_channels", None) is not None:
+        given["detector_overrides"] = {"channels": args.fpn_channels}
     summary = finetune(FinetuneConfig(store_url=args.store, out_dir=args.out, **given))
     print(json.dumps(summary, indent=2))
     return 0

@@ -58,7 +58,9 @@ def register(subparsers) -> None:
         help="scene id of each file: its name without .npz (default)",
     )
     imp.add_argument(
+        "--boxes",
         "--boxes-dir",
+        dest="boxes_dir",
         type=Path,
         default=None,
         help="folder of NeRF-RPN boxes <stem>.npy (voxel units) to attach where present",
