@@ -82,7 +82,9 @@ class FinetuneConfig(TrainingConfig):
     encoder and decoder blocks 4-2 as initialised: a probe of what pretraining put there
     (with ``scratch``, of random features)."""
     num_classes: int | None = None
-    """Semantics: classes including void (``None``: the stored ``semantic_classes``)."""
+    """Semantics: classes including void (``None``: the stored ``semantic_classes``).
+    Detection: box classes the head learns (``box_labels`` ``0 .. K-1``, per-class AP);
+    ``None``: class-agnostic objectness, NeRF-RPN's."""
     target_store_url: str | None = None
     """Super-resolution: the store holding the same scenes at the higher resolution."""
     detector_overrides: dict[str, Any] = field(default_factory=dict)

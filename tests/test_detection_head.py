@@ -92,7 +92,7 @@ def test_iou_loss_hand_values():
     # the second prediction is shifted by half its width: IoU = 4 / 12 = 1/3
     pred = torch.tensor([[0.0, 0, 0, 2, 2, 2, 0], [1.0, 0, 0, 2, 2, 2, 0]], requires_grad=True)
     loss = weighted_iou_loss(pred, gt, torch.tensor([1.0, 3.0]))
-    assert float(loss) == pytest.approx((0 + 3 * (2 / 3)) / 4)
+    assert float(loss.detach()) == pytest.approx((0 + 3 * (2 / 3)) / 4)
     loss.backward()
     assert torch.isfinite(pred.grad).all() and pred.grad[1, 0] > 0  # moving back raises IoU
 
@@ -168,3 +168,24 @@ def test_a_tiny_detector_overfits_one_room():
     after = ap50()
     assert before < 0.2
     assert after > 0.9, (before, after)
+
+
+def test_classes_follow_the_assigned_box_and_reach_the_detections():
+    big = [16.0, 16, 16, 24, 24, 24, 0]
+    small = [14.0, 14, 14, 6, 6, 6, 0]
+    valid = torch.ones(1, 32, 32, 32, dtype=torch.bool)
+    t = assign_targets(LAYOUT, [torch.tensor([big, small])], valid, RANGES, 1.5,
+                       labels=[torch.tensor([3, 7])])  # fmt: skip
+    positive = t.matched[0] >= 0
+    assert (t.classes[0][positive] == torch.tensor([3, 7])[t.matched[0][positive]]).all()
+    assert (t.classes[0][~positive] == -1).all() and set(t.classes[0].tolist()) == {-1, 3, 7}
+
+    torch.manual_seed(0)
+    config = DetectorConfig(channels=16, num_convs=1, num_classes=9, pre_nms_thresh=0.0)
+    model = Detector(get_config("tiny", resolution=32), config)
+    out = model(torch.rand(1, 4, 32, 32, 32))
+    assert out.logits[0].shape == (1, 9, 8, 8, 8)
+    losses = fcos_losses(out, LAYOUT, t, [torch.tensor([big, small])])
+    assert math.isfinite(float(losses["loss"]))
+    found = detect(out, LAYOUT, t.location_valid, config)[0]
+    assert found.labels.shape == found.scores.shape and int(found.labels.max()) < 9

@@ -268,6 +268,11 @@ def test_detection_from_a_pretrained_encoder_then_detect_evaluate_and_export(
     assert cli_main(["detect", "--store", stores["low"], "--scene-id", "room3", "--checkpoint",
                      pretrained, "--out", str(tmp_path / "x.json")]) == 2  # fmt: skip
     assert "'pretrain' checkpoint" in capsys.readouterr().err
+    per_class = finetune(_config(stores, tmp_path / "classes", task="detect", scratch=True,
+                                 num_classes=11, epochs=1,
+                                 detector_overrides={"channels": 16}))  # fmt: skip
+    assert per_class["class_names"][0] == "none" and len(per_class["class_names"]) == 11
+    assert set(per_class["val_per_class_ap50"]) == set(per_class["class_names"])
     code = cli_main(["finetune", "detect", "--store", _bare_store(tmp_path), "--out",
                      str(tmp_path / "no"), "--scratch", "--preset", "tiny"])  # fmt: skip
     assert code == 2 and "have no boxes" in capsys.readouterr().err

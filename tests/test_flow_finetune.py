@@ -1,6 +1,7 @@
 """The ``finetune-nerfmae`` flow on a three-room store of exact synthetic grids (32 voxels,
-with semantic labels): a two-step ``tiny`` pretraining gives the checkpoint, then one
-fine-tuning epoch. The figures are about what the flow runs and reports, not about quality.
+with semantic labels and boxes): a two-step ``tiny`` pretraining gives the checkpoint, then
+one fine-tuning epoch (semantics, detection). The figures are about what the flow runs and
+reports, not about quality.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ FAST = {"num_workers": 0, "val_scenes": VAL, "device": "cpu"}
 
 @pytest.fixture(scope="module")
 def labelled_store(tmp_path_factory) -> str:
-    """Three rooms' exact grids, with ``semantic`` labels and ``semantic_classes``."""
+    """Three rooms' exact grids, with ``semantic`` labels, ``semantic_classes`` and boxes."""
     from grid_store import GridStore
     from pipeline.synthetic.ground_truth import sample_ground_truth
     from pipeline.synthetic.room import make_room
@@ -95,6 +96,9 @@ def test_command_line_is_what_model_finetune_parses_back():
         "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "model.finetune"
     ]  # fmt: skip
     assert FinetuneConfig(**vars(build_arg_parser().parse_args(command[7:]))) == config
+    detect = dataclasses.replace(config, task="detect", detector_overrides={"channels": 16})
+    command = torchrun_command(dataclasses.asdict(detect), 1)
+    assert FinetuneConfig(**vars(build_arg_parser().parse_args(command[7:]))) == detect
 
 
 def test_markdown_reports_each_task_and_escapes_table_cells():
@@ -120,27 +124,51 @@ def test_markdown_reports_each_task_and_escapes_table_cells():
     assert "| val PSNR, mean of batches (dB) | 20.25 |" in superres
     assert "| val MSE | 0.007 |" in superres and "mIoU" not in superres
     assert "(latest: `step_000004.png`)" in superres
+    detect = metrics_markdown(
+        {**common, "task": "detect", "val_ap25": 0.5, "val_ap50": 0.25, "val_recall50@300": 0.75,
+         "val_recall50@1000": 0.875, "val_recall50@2500": 1.0, "val_num_gt": 8,
+         "val_num_detections": 40, "val_loss_cls": 0.125, "val_loss_reg": 0.0625,
+         "val_loss_ctr": 0.0625, "detector": {"channels": 16},
+         "boxes_png": "/r/boxes/step_000004.png"},
+        "s.zarr",
+    )  # fmt: skip
+    assert "| val AP25 | 0.5 |" in detect and "| val AP50 | 0.25 |" in detect
+    assert "| val recall50@300 | 0.75 |" in detect and "| val recall50@2500 | 1 |" in detect
+    assert "| val GT boxes / detections | 8 / 40 |" in detect
+    assert "| val loss (cls / reg / ctr) | 0.125 / 0.0625 / 0.0625 |" in detect
+    assert "| FPN channels | 16 |" in detect and "mIoU" not in detect and "PSNR" not in detect
+    assert "/r/boxes" in detect and "(latest: `step_000004.png`)" in detect
 
 
-def test_deployment_parameters_build_a_finetune_config():
+@pytest.mark.parametrize(
+    ("name", "task"), [("finetune-nerfmae", "semantics"), ("finetune-detect", "detect")]
+)
+def test_deployment_parameters_build_a_finetune_config(name, task):
     import inspect
 
     import yaml
 
     from flows.finetune import finetune_nerfmae
+    from model.detection.detector import DetectorConfig
     from model.finetune import FinetuneConfig
 
     deployments = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
-    (deployment,) = [d for d in deployments if d["name"] == "finetune-nerfmae"]
+    (deployment,) = [d for d in deployments if d["name"] == name]
     assert deployment["entrypoint"] == "flows/finetune.py:finetune_nerfmae"
     params = dict(deployment["parameters"])
     assert set(params) <= set(inspect.signature(finetune_nerfmae.fn).parameters)
     options = params.pop("options", {})
+    if "fpn_channels" in params:  # what the flow does with it
+        options["detector_overrides"] = {"channels": params.pop("fpn_channels")}
     renamed = {"store": "store_url", "target_store": "target_store_url"}
     fields = {renamed.get(k, k): v for k, v in params.items()
               if k not in ("runs_dir", "nproc_per_node")}  # fmt: skip
     config = FinetuneConfig(out_dir="o", **fields, **options)
     assert config.store_url == "data/grids.zarr" and config.pretrained  # the user sets it
+    assert config.task == task
+    if task == "detect":
+        assert DetectorConfig(**config.detector_overrides).channels == 64
+        assert params["runs_dir"] == "runs/detect"
 
 
 def test_command_line_passes_its_flags_to_the_flow(monkeypatch, capsys):
@@ -162,6 +190,11 @@ def test_command_line_passes_its_flags_to_the_flow(monkeypatch, capsys):
     assert seen["scratch"] and seen["pretrained"] is None and seen["target_store"] == "g2.zarr"
     assert seen["label_fraction"] == 0.5 and seen["options"] == {"max_steps": 3}
     assert seen["out_dir"] is None and seen["runs_dir"] == "runs/finetune"
+    assert seen["fpn_channels"] is None
+    assert module.main(["--store", "g.zarr", "--task", "detect", "--scratch",
+                        "--fpn-channels", "16"]) == 0  # fmt: skip
+    assert seen["task"] == "detect" and seen["fpn_channels"] == 16
+    capsys.readouterr()
     with pytest.raises(SystemExit):  # one of --pretrained and --scratch, not both
         module.main(["--store", "g.zarr", "--pretrained", "c.pt", "--scratch"])
     with pytest.raises(SystemExit):
@@ -230,6 +263,45 @@ def test_unlabelled_store_and_bad_init_fail_before_training(prefect_api, checkpo
         finetune_nerfmae(**run, pretrained=checkpoint, scratch=True, out_dir=str(tmp_path / "x"))
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         finetune_nerfmae(**run, pretrained=str(tmp_path / "none.pt"), out_dir=str(tmp_path / "y"))
+
+
+def test_finetune_flow_detects_boxes_and_reports_ap(
+    prefect_api, labelled_store, checkpoint, tmp_path
+):
+    from flows.finetune import finetune_nerfmae
+
+    state = finetune_nerfmae(
+        store=labelled_store,
+        task="detect",
+        pretrained=checkpoint,
+        out_dir=str(tmp_path / "detect"),
+        resolution=RES,
+        epochs=1,
+        batch_size=2,
+        fpn_channels=16,
+        options={**FAST, "detector_overrides": {"num_convs": 1}},
+        return_state=True,
+    )
+    assert state.is_completed()
+    summary = state.result()
+    assert summary["task"] == "detect" and summary["init"] == "pretrained"
+    assert summary["steps"] == 1 and summary["val_scenes"] == 1
+    assert summary["detector"]["channels"] == 16 and summary["detector"]["num_convs"] == 1
+    assert 0.0 <= summary["val_ap50"] <= 1.0 and 0.0 <= summary["val_recall50@300"] <= 1.0
+    assert math.isfinite(summary["train_loss"]) and Path(summary["boxes_png"]).is_file()
+
+    markdown = run_artifact(state, "markdown").data
+    assert markdown.startswith("# NeRF-MAE fine-tuning: detect")
+    assert f"| val AP50 | {summary['val_ap50']:.4g} |" in markdown
+    assert f"| val AP25 | {summary['val_ap25']:.4g} |" in markdown
+    assert f"| val recall50@1000 | {summary['val_recall50@1000']:.4g} |" in markdown
+    assert "| FPN channels | 16 |" in markdown and "mIoU" not in markdown
+    assert Path(summary["boxes_png"]).parent.as_uri() in markdown
+
+    with pytest.raises(ValueError, match="only the detect task has an FPN"):
+        finetune_nerfmae(store=labelled_store, scratch=True, fpn_channels=16,
+                         out_dir=str(tmp_path / "semantics"))  # fmt: skip
+    assert not (tmp_path / "semantics").exists()
 
 
 @pytest.mark.slow

@@ -86,6 +86,7 @@ def test_deployment_runs_through_a_process_worker(tmp_path):
             assert (
                 "pretrain-mae/pretrain-mae" in deployed
                 and "finetune-nerfmae/finetune-nerfmae" in deployed
+                and "finetune-nerfmae/finetune-detect" in deployed
                 and "nerfmae-pipeline/nerfmae-pipeline" in deployed
             )
             start("worker", "worker", "start", "--pool", "nerfmae-process", "--limit", "1")

@@ -47,6 +47,9 @@ def test_the_tour_is_what_the_readme_says():
         "pretrain",
         "store",
         "finetune",
+        "finetune",
+        "detect",
+        "export-3d",
     ]
 
 
@@ -63,7 +66,7 @@ def test_readme_tour_and_python_snippets_run_as_printed(tmp_path):
         )  # fmt: skip
         assert done.returncode == 0, f"{command}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         outputs.append(done)
-    synth, train, extract, ls, pretrain, add, tuned = outputs
+    synth, train, extract, ls, pretrain, add, tuned, detector, detected, exported = outputs
     assert sorted(p.name for p in (tmp_path / "data" / "scenes").iterdir()) == [
         "scene_0000",
         "scene_0001",
@@ -82,6 +85,13 @@ def test_readme_tour_and_python_snippets_run_as_printed(tmp_path):
     assert tuned["task"] == "semantics" and tuned["init"] == "pretrained"
     assert tuned["steps"] == 10 and 0 <= tuned["val_miou"] <= 1
     assert (tmp_path / tuned["labels_png"]).is_file()
+    detector = json.loads(detector.stdout)
+    assert detector["task"] == "detect" and 0 <= detector["val_ap50"] <= 1
+    boxes = json.loads((tmp_path / "runs" / "detect" / "boxes.json").read_text())
+    assert boxes["scene_id"] == "scene_0001" and boxes["units"] == "world"
+    assert "runs/detect/boxes.png" in detected.stdout
+    assert (tmp_path / "runs" / "detect" / "ply" / "scene_0001_points.ply").is_file()
+    assert "ground-truth boxes" in exported.stdout
 
     snippets = code_blocks(section("Single-scene grid extraction (Python API)"), "python")
     snippets += code_blocks(section("The grid store"), "python")

@@ -9,8 +9,9 @@ Facts section 6.1 (``SwinTransformer_FPN_Pretrained_Skip`` + ``fcos.py``):
   1x1x1 laterals to ``channels``, top-down nearest upsampling added in, a 3x3x3 output
   conv per level, no extra levels;
 - the FCOS head, shared by every level: a classification tower and a regression tower of
-  ``num_convs`` x [3x3x3 conv, GroupNorm, ReLU]; objectness logits (one class; bias set for
-  a prior probability of 0.01), 8 OBB channels and the centerness logit, both on the
+  ``num_convs`` x [3x3x3 conv, GroupNorm, ReLU]; objectness logits (one class, or one per
+  class with ``num_classes``; bias set for a prior probability of 0.01), 8 OBB channels and
+  the centerness logit, both on the
   regression tower, and a learnable scale per level on the 6 distances.
 
 Regression outputs are in units of the level's stride (``norm_reg_targets``): the 6
@@ -40,6 +41,9 @@ class DetectorConfig:
 
     channels: int = 256
     """FPN and head width (the reference's 256; fewer make CPU runs affordable)."""
+    num_classes: int = 1
+    """1: class-agnostic objectness (NeRF-RPN's). ``K > 1``: one logit per box class (the
+    stored ``box_labels``, ``0 .. K-1``), as FCOS's multi-class head, for per-class AP."""
     num_convs: int = 4
     """Convolutions per head tower."""
     norm_groups: int = 32
@@ -64,6 +68,8 @@ class DetectorConfig:
     """Detections kept per grid after NMS."""
 
     def __post_init__(self) -> None:
+        if self.num_classes < 1:
+            raise ValueError(f"DetectorConfig.num_classes must be >= 1, got {self.num_classes}")
         if self.channels < 1 or self.num_convs < 0:
             raise ValueError("DetectorConfig: channels must be >= 1 and num_convs >= 0")
         if not 0.0 < self.prior_prob < 1.0:
@@ -115,8 +121,9 @@ class Scale(nn.Module):
 
 @dataclass
 class HeadOutput:
-    """Per level ``l`` (``D_l^3`` cells): objectness logits ``(B, 1, D_l, D_l, D_l)``, OBB
-    deltas ``(B, 8, ...)`` in stride units and centerness logits ``(B, 1, ...)``."""
+    """Per level ``l`` (``D_l^3`` cells): class logits ``(B, K, D_l, D_l, D_l)`` (``K = 1``:
+    objectness), OBB deltas ``(B, 8, ...)`` in stride units and centerness logits
+    ``(B, 1, ...)``."""
 
     logits: list[Tensor]
     deltas: list[Tensor]
@@ -139,7 +146,7 @@ class FCOSHead(nn.Module):
 
         self.cls_tower = tower()
         self.reg_tower = tower()
-        self.cls_logits = nn.Conv3d(c, 1, 3, padding=1)
+        self.cls_logits = nn.Conv3d(c, config.num_classes, 3, padding=1)
         self.bbox_pred = nn.Conv3d(c, 8, 3, padding=1)
         self.centerness = nn.Conv3d(c, 1, 3, padding=1)
         self.scales = nn.ModuleList(Scale() for _ in range(num_levels))

@@ -1,4 +1,5 @@
-"""The FCOS detector's losses (facts section 6.1): sigmoid focal loss on objectness, the
+"""The FCOS detector's losses (facts section 6.1): sigmoid focal loss on objectness (or on
+each class's logit, one-hot, with ``num_classes > 1``), the
 rotated 3D IoU loss weighted by centerness, and centerness BCE.
 
 ``total = focal / num_pos + reg_weight * sum(c_i (1 - IoU_i)) / sum(c_i) + BCE(ctr) / num_pos``
@@ -71,15 +72,18 @@ def fcos_losses(
 ) -> dict[str, Tensor]:
     """The loss terms of one batch (keys :data:`LOSS_TERMS`); ``boxes`` are the grids'
     ground truth ``(N_b, 7)`` in voxel coordinates, as given to the assignment."""
-    logits = flatten_levels(output.logits)[..., 0].float()  # (B, L)
+    logits = flatten_levels(output.logits).float()  # (B, L, K)
     deltas = flatten_levels(output.deltas).float()  # (B, L, 8)
     ctr_logits = flatten_levels(output.centerness)[..., 0].float()  # (B, L)
     scored = targets.location_valid
     positive = targets.matched >= 0
     num_pos = positive.sum().clamp(min=1).float()
 
-    focal = sigmoid_focal_loss(logits[scored], targets.objectness[scored], focal_alpha,
-                               focal_gamma)  # fmt: skip
+    # one-hot over the K logits (K = 1: objectness); negatives are all-zero rows
+    one_hot = torch.zeros_like(logits)
+    b_pos, l_pos = positive.nonzero(as_tuple=True)
+    one_hot[b_pos, l_pos, targets.classes[b_pos, l_pos]] = 1.0
+    focal = sigmoid_focal_loss(logits[scored], one_hot[scored], focal_alpha, focal_gamma)
     loss_cls = focal.sum() / num_pos
 
     b_idx, l_idx = positive.nonzero(as_tuple=True)

@@ -13,7 +13,7 @@ tested against every ground-truth box (voxel coordinates):
 Among the boxes passing 1-3, the one of smallest volume wins; a location passing 4 and
 claimed by a box is positive. Targets: objectness 1/0, the 8 OBB deltas with the
 distances divided by the level's stride, the centerness ``sqrt(prod_axes min(d-, d+) /
-max(d-, d+))`` (FCOS's rule over three axes), and the index of the assigned box.
+max(d-, d+))`` (FCOS's rule over three axes), the index of the assigned box and its class.
 """
 
 from __future__ import annotations
@@ -79,6 +79,9 @@ class FCOSTargets:
     """``(B, L)`` centerness target (0 at negatives)."""
     matched: Tensor
     """``(B, L)`` long index of the assigned box, -1 at negatives."""
+    classes: Tensor
+    """``(B, L)`` long class of the assigned box (its label; 0 without labels), -1 at
+    negatives."""
     location_valid: Tensor
     """``(B, L)`` bool, the locations not in padding (the only ones scored)."""
 
@@ -134,8 +137,10 @@ def assign_targets(
     valid: Tensor,
     size_ranges: list[list[float]],
     radius: float,
+    labels: list[Tensor] | None = None,
 ) -> FCOSTargets:
-    """The batch's targets: ``boxes`` one ``(N_b, 7)`` per grid, ``valid`` ``(B, X, Y, Z)``."""
+    """The batch's targets: ``boxes`` one ``(N_b, 7)`` per grid, ``valid`` ``(B, X, Y, Z)``,
+    ``labels`` one ``(N_b,)`` per grid (or None: class 0 for all)."""
     out = []
     masks = []
     for b, grid_boxes in enumerate(boxes):
@@ -144,11 +149,18 @@ def assign_targets(
         out.append(assign_grid(layout, grid_boxes.to(layout.locations.device), mask,
                                size_ranges, radius))  # fmt: skip
     matched = torch.stack([o[0] for o in out])
+    classes = torch.full_like(matched, -1)
+    for b, grid_boxes in enumerate(boxes):
+        grid_labels = (torch.zeros(len(grid_boxes), dtype=torch.long) if labels is None
+                       else labels[b].long()).to(matched.device)  # fmt: skip
+        hit = matched[b] >= 0
+        classes[b, hit] = grid_labels[matched[b, hit]]
     return FCOSTargets(
         objectness=(matched >= 0).float(),
         deltas=torch.stack([o[1] for o in out]),
         centerness=torch.stack([o[2] for o in out]),
         matched=matched,
+        classes=classes,
         location_valid=torch.stack(masks),
     )
 

@@ -8,11 +8,13 @@ store (world units, contract 1) and reach the model in each sample's voxel coord
 with ``augment`` each training grid also gets NeRF-RPN's small rotation about z and
 scaling (+-10 degrees, x0.9-1.1, probability 0.5, :mod:`model.detection.augment`).
 
-Detection is class-agnostic (objectness only), as NeRF-RPN's: box classes stored with the
-scenes travel in the samples (``box_labels``) but are not predicted. Validation reports
-AP25/AP50 (VOC all-point, all scenes ranked together), recalls at the top 300/1000/2500
-and the loss terms, and draws the first validation grid's bird's-eye view and slices with
-true and predicted boxes (``RUN/boxes/``, also in TensorBoard).
+Detection is class-agnostic (objectness only) by default, as NeRF-RPN's. With
+``num_classes`` K the head has a logit per class and learns the stored ``box_labels``
+(``0 .. K-1``; the synthetic rooms' are indices into their ``semantic_classes``), and
+validation adds per-class AP. Validation reports AP25/AP50 (VOC all-point, all scenes
+ranked together, class-agnostic), recalls at the top 300/1000/2500 and the loss terms, and
+draws the first validation grid's bird's-eye view and slices with true and predicted boxes
+(``RUN/boxes/``, also in TensorBoard).
 """
 
 from __future__ import annotations
@@ -52,13 +54,17 @@ class DetectionTask(DenseTask):
 
     def __init__(self, config: FinetuneConfig, ctx) -> None:
         super().__init__(config, ctx)
+        overrides = dict(config.detector_overrides)
+        if config.num_classes is not None:
+            overrides["num_classes"] = config.num_classes
         try:
-            self.detector_config = DetectorConfig(**config.detector_overrides)
+            self.detector_config = DetectorConfig(**overrides)
         except TypeError as exc:
             known = [f.name for f in dataclasses.fields(DetectorConfig)]
             raise ValueError(f"detector_overrides: {exc}; known fields: {known}") from None
         self.augment_generator = torch.Generator().manual_seed(config.seed * 7_919 + ctx.rank)
         self._layouts: dict[tuple, LevelLayout] = {}
+        self.class_names: list[str] | None = None
 
     # ---------------------------------------------------------------- data
     def check_scenes(self, scene_ids: Sequence[str]) -> None:
@@ -70,6 +76,20 @@ class DetectionTask(DenseTask):
                 "written by build-dataset / `nerfmae extract` from a scene folder with "
                 "ground truth, `nerfmae store add`, or `nerfmae store import-npz --boxes DIR`)"
             )
+        k = self.detector_config.num_classes
+        if k == 1:
+            return
+        for scene in scene_ids:
+            labels = self.store.scene_zarr_arrays(scene)["box_labels"][...]
+            if labels.size and (labels.min() < 0 or labels.max() >= k):
+                raise ValueError(
+                    f"{self.store.url}: scene {scene!r} box_labels span "
+                    f"[{labels.min()}, {labels.max()}], outside the {k} classes (num_classes)"
+                )
+        names = {tuple(self.store.scene_attrs(s).get("semantic_classes") or ()) for s in scene_ids}
+        self.class_names = list(names.pop()) if len(names) == 1 else None
+        if self.class_names is None or len(self.class_names) != k:
+            self.class_names = [f"class_{i}" for i in range(k)]
 
     def datasets(self, train_scenes, val_scenes):
         c = self.config
@@ -112,18 +132,24 @@ class DetectionTask(DenseTask):
         rgba = batch["rgba"].to(device, non_blocking=True)  # (B, 4, S, S, S)
         valid = batch["valid"].to(device, non_blocking=True)  # (B, S, S, S)
         boxes = [b.to(device) for b in batch["boxes"]]
+        labels = self._labels(batch)
         if self.config.augment:
             rgba, valid, boxes = random_rotate_scale(rgba, valid, boxes, self.augment_generator)
         output = model(rgba)
         layout = self.layout(output, model, device)
         c = self.detector_config
-        targets = assign_targets(layout, boxes, valid, c.size_ranges, c.center_sampling_radius)
+        targets = assign_targets(layout, boxes, valid, c.size_ranges, c.center_sampling_radius,
+                                 labels)  # fmt: skip
         return fcos_losses(output, layout, targets, boxes, c.focal_alpha, c.focal_gamma,
                            c.reg_loss_weight)  # fmt: skip
 
+    def _labels(self, batch) -> list[torch.Tensor] | None:
+        """The batch's box classes when the head has classes (``None``: class-agnostic)."""
+        return batch["box_labels"] if self.detector_config.num_classes > 1 else None
+
     # ---------------------------------------------------------------- validation
     def evaluate(self, model, loader, ctx, amp_dtype, picture_path, title):
-        evaluator = DetectionEvaluator()
+        evaluator = DetectionEvaluator(classes=self.class_names)
         c = self.detector_config
         sums = torch.zeros(len(LOSS_TERMS) + 1, dtype=torch.float64, device=ctx.device)
         for i, batch in enumerate(loader):
@@ -133,15 +159,17 @@ class DetectionTask(DenseTask):
             with autocast(ctx.device, amp_dtype):
                 output = model(rgba)
             layout = self.layout(output, model, ctx.device)
+            labels = self._labels(batch)
             targets = assign_targets(layout, boxes, valid, c.size_ranges,
-                                     c.center_sampling_radius)  # fmt: skip
+                                     c.center_sampling_radius, labels)  # fmt: skip
             terms = fcos_losses(output, layout, targets, boxes, c.focal_alpha, c.focal_gamma,
                                 c.reg_loss_weight)  # fmt: skip
             one = torch.ones((), dtype=torch.float64, device=ctx.device)
             sums += torch.stack([*(terms[t].detach().double() for t in LOSS_TERMS), one])
             detections = detect(output, layout, targets.location_valid, c)
-            for scene_id, found, truth in zip(batch["scene_id"], detections, boxes, strict=True):
-                evaluator.add(scene_id, found.boxes.cpu(), found.scores.cpu(), truth.cpu())
+            for b, (scene_id, found) in enumerate(zip(batch["scene_id"], detections, strict=True)):
+                evaluator.add(scene_id, found.boxes.cpu(), found.scores.cpu(), boxes[b].cpu(),
+                              *((found.labels.cpu(), labels[b]) if labels else ()))  # fmt: skip
             if i == 0 and picture_path is not None and ctx.is_main:
                 save_box_views(picture_path, rgba[0], valid[0], boxes[0], detections[0].boxes,
                                detections[0].scores,
@@ -160,4 +188,5 @@ class DetectionTask(DenseTask):
     def run_info(self) -> dict[str, Any]:
         info = super().run_info()
         info["detector"] = json_ready(dataclasses.asdict(self.detector_config))
+        info["class_names"] = self.class_names
         return info

@@ -110,6 +110,12 @@ def register(subparsers) -> None:
     )
     _common(detect)
     detect.add_argument(
+        "--num-classes",
+        type=int,
+        help="learn the stored box classes (box_labels 0..K-1) and report per-class AP "
+        "(default: class-agnostic, as NeRF-RPN)",
+    )
+    detect.add_argument(
         "--fpn-channels",
         type=int,
         help="FPN and head width (default 256, the reference's; 64 makes CPU runs affordable)",
