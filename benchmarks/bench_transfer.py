@@ -9,10 +9,14 @@ budget; then for every labelled budget (rooms) and seed, semantic labelling is f
 from that checkpoint and from scratch with identical networks, schedules and steps, and
 scored on the test rooms (mIoU, mAcc, allAcc over the classes present). With
 ``--superres`` the same comparison is made for x2 super-resolution at the smallest budget
-(inputs at half the resolution, the pretrained encoder's positional table re-sized).
+(inputs at half the resolution, the pretrained encoder's positional table re-sized). With
+``--task detect`` the downstream task is oriented-box detection (NeRF-RPN's FCOS head on the
+encoder alone; only ``encoder.*`` is loaded), scored by AP25/AP50 on the test rooms.
 
     .venv/bin/python benchmarks/bench_transfer.py                     # the BENCHMARKS.md table
     .venv/bin/python benchmarks/bench_transfer.py --budgets 4 --seeds 0 --finetune-steps 20
+    .venv/bin/python benchmarks/bench_transfer.py --task detect \
+        --out bench_out/bench_transfer_detect.json
 
 Writes ``bench_out/bench_transfer.json`` (every run's summary) and, with ``--plot``, a PNG
 of score against labelled rooms with both curves.
@@ -41,6 +45,13 @@ from model.finetune import FinetuneConfig, finetune  # noqa: E402
 from model.training_config import rank_by_hash  # noqa: E402
 
 PRETRAIN_SEED0, POOL_SEED0, TEST_SEED0 = 10_000, 0, 5_000
+METRICS = {
+    "semantics": [("miou", "mIoU"), ("macc", "mAcc"), ("allacc", "allAcc")],
+    "detect": [("ap25", "AP25"), ("ap50", "AP50"), ("recall50@300", "R50@300")],
+}
+"""Per task, the test-set scores reported (the first two are plotted; the headline is
+the first for semantics, AP50 for detection)."""
+HEADLINE = {"semantics": "miou", "detect": "ap50"}
 
 
 def room_ids(first_seed: int, n: int) -> list[str]:
@@ -138,7 +149,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [("miou", "mIoU"), ("macc", "mAcc")]
+    task = results["setup"]["task"]
+    metrics = METRICS[task][:2]
     fig, axes = plt.subplots(1, len(metrics), figsize=(10, 4))
     for ax, (key, label) in zip(axes, metrics, strict=True):
         for init, colour in (("pretrained", "tab:blue"), ("scratch", "tab:orange")):
@@ -149,7 +161,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
             hi = [100 * (r[key]["max"] - r[key]["mean"]) for r in rows]
             ax.errorbar(x, mean, yerr=[lo, hi], marker="o", capsize=4, color=colour, label=init)
             for run in results["runs"]:
-                if run["init"] == init and run["task"] == "semantics":
+                if run["init"] == init and run["task"] == task:
                     ax.scatter(run["budget"], 100 * run[f"val_{key}"], color=colour, s=8,
                                alpha=0.4)  # fmt: skip
         ax.set_xscale("log", base=2)
@@ -159,7 +171,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.set_ylabel(f"test {label} (%)")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"semantic voxel labelling, {results['setup']['preset']} at "
+    title = {"semantics": "semantic voxel labelling", "detect": "oriented-box detection"}[task]
+    fig.suptitle(f"{title}, {results['setup']['preset']} at "
                  f"{results['setup']['resolution']}^3: mean and min-max over seeds")  # fmt: skip
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -173,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench_out/bench_transfer.json"))
     parser.add_argument("--plot", type=Path, help="PNG of score against labelled rooms")
     parser.add_argument("--store", help="a labelled grid store instead of ground-truth rooms")
+    parser.add_argument("--task", choices=tuple(METRICS), default="semantics",
+                        help="the downstream task compared (default semantics)")  # fmt: skip
+    parser.add_argument("--fpn-channels", type=int, default=64,
+                        help="detect: FPN and head width (reference: 256)")  # fmt: skip
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--pretrain-rooms", type=int, default=48)
@@ -221,19 +238,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pretraining: {mae['steps']} steps, val PSNR {mae['val_psnr']:.2f} dB, "
           f"alpha MSE {mae['val_alpha_mse']:.4f}, {mae['seconds']:.0f} s", flush=True)  # fmt: skip
 
+    task = args.task
+    extra = {"detector_overrides": {"channels": args.fpn_channels}} if task == "detect" else {}
     runs: list[dict[str, Any]] = []
     for budget in args.budgets:
         for seed in args.seeds:
             for init in ("pretrained", "scratch"):
-                out = args.work / f"semantics_b{budget}_s{seed}_{init}"
+                out = args.work / f"{task}_b{budget}_s{seed}_{init}"
                 summary = run_finetuning(args, store, scenes, budget, seed, init,
-                                         mae["checkpoint"], out)  # fmt: skip
-                runs.append({"task": "semantics", "budget": budget, "seed": seed, "init": init,
+                                         mae["checkpoint"], out, task=task, **extra)  # fmt: skip
+                runs.append({"task": task, "budget": budget, "seed": seed, "init": init,
                              **summary})  # fmt: skip
-                print(f"  semantics {budget:>2} rooms seed {seed} {init:<10}  mIoU "
-                      f"{100 * summary['val_miou']:5.1f}  mAcc {100 * summary['val_macc']:5.1f}"
-                      f"  allAcc {100 * summary['val_allacc']:5.1f}  {summary['seconds']:.0f} s",
-                      flush=True)  # fmt: skip
+                scores = "  ".join(f"{label} {100 * (summary[f'val_{key}'] or 0):5.1f}"
+                                   for key, label in METRICS[task])  # fmt: skip
+                print(f"  {task} {budget:>2} rooms seed {seed} {init:<10}  {scores}  "
+                      f"{summary['seconds']:.0f} s", flush=True)
     if args.superres:
         low = str(args.work / f"ground_truth_{args.resolution // 2}.zarr")
         write_ground_truth(low, scenes["pool"] + scenes["test"], args.resolution // 2)
@@ -253,11 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     table = []
     for budget in args.budgets:
         for init in ("pretrained", "scratch"):
-            mine = [r for r in runs if r["task"] == "semantics" and r["budget"] == budget
+            mine = [r for r in runs if r["task"] == task and r["budget"] == budget
                     and r["init"] == init]  # fmt: skip
             table.append({"budget": budget, "init": init,
                           **{k: spread([r[f"val_{k}"] for r in mine])
-                             for k in ("miou", "macc", "allacc")}})  # fmt: skip
+                             for k, _ in METRICS[task]}})  # fmt: skip
     superres = {
         init: spread([r["val_psnr"] for r in runs if r["task"] == "superres" and r["init"] == init])
         for init in ("pretrained", "scratch")
@@ -277,17 +296,19 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": {"prepare": prepared, "pretrain": pretrain_s,
                     "total": time.perf_counter() - started},  # fmt: skip
     }
-    print(f"\n{'rooms':>5} {'init':<10} {'mIoU':>13} {'mAcc':>13} {'allAcc':>13}")
+    header = " ".join(f"{label:>13}" for _, label in METRICS[task])
+    print(f"\n{'rooms':>5} {'init':<10} {header}")
     for r in table:
         cells = [f"{100 * r[k]['mean']:5.1f} ± {100 * r[k]['std']:4.1f}"
-                 for k in ("miou", "macc", "allacc")]  # fmt: skip
+                 for k, _ in METRICS[task]]  # fmt: skip
         print(f"{r['budget']:>5} {r['init']:<10} " + " ".join(f"{c:>13}" for c in cells))
     for budget in args.budgets:
         warm, cold = (next(r for r in table if r["budget"] == budget and r["init"] == i)
                       for i in ("pretrained", "scratch"))  # fmt: skip
-        gain = 100 * (warm["miou"]["mean"] - cold["miou"]["mean"])
-        worst = 100 * (warm["miou"]["min"] - cold["miou"]["max"])
-        print(f"{budget:>5} rooms: pretrained - scratch = {gain:+.1f} mIoU points "
+        key = HEADLINE[task]
+        gain = 100 * (warm[key]["mean"] - cold[key]["mean"])
+        worst = 100 * (warm[key]["min"] - cold[key]["max"])
+        print(f"{budget:>5} rooms: pretrained - scratch = {gain:+.1f} {key} points "
               f"(worst pretrained seed - best scratch seed {worst:+.1f})")
     if args.superres:
         for init, s in superres.items():

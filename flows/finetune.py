@@ -1,17 +1,21 @@
 """Flow ``finetune-nerfmae``: a pretrained NeRF-MAE encoder fine-tuned on a downstream task.
 
 The tasks are those of :mod:`model.finetune`: ``semantics`` (voxel labels, from a store
-whose scenes carry a ``semantic`` array) and ``superres`` (voxel super-resolution, against
-a second store of the same scenes sampled finer, ``target_store``). The encoder comes from
-a pretraining checkpoint (``pretrained``, e.g. a ``pretrain-mae`` run's
-``checkpoints/latest.pt``) or starts random (``scratch``, the baseline to compare with).
+whose scenes carry a ``semantic`` array), ``superres`` (voxel super-resolution, against
+a second store of the same scenes sampled finer, ``target_store``) and ``detect``
+(oriented 3D boxes, :mod:`model.detection.task`, from a store whose scenes carry a
+``boxes`` array; class-agnostic unless ``num_classes`` is in options; ``fpn_channels`` sets
+the width of its FPN and head, 256 by default, 64 or fewer for a CPU). The encoder comes
+from a pretraining checkpoint (``pretrained``, e.g. a ``pretrain-mae`` run's
+``checkpoints/latest.pt``) or starts random (``scratch``, the baseline to compare with);
+for ``detect`` only the encoder carries over.
 
 One device: :func:`model.finetune.finetune` runs inside the task. Several devices
 (``nproc_per_node > 1``): the task launches
 ``python -m torch.distributed.run --standalone --nproc_per_node N -m model.finetune ...``
 as :mod:`flows.pretrain` does for pretraining and reads the summary from
 ``RUN/metrics.json``. Either way the run ends with a markdown artifact of the task's
-metrics and where the outputs are.
+metrics (mIoU; PSNR; AP25/AP50 and recalls) and where the outputs are.
 
 From the shell::
 
@@ -20,6 +24,11 @@ From the shell::
     python flows/finetune.py --store data/grids.zarr --task semantics --scratch --epochs 20
     python flows/finetune.py --store data/grids_160.zarr --task superres \\
         --target-store data/grids_384.zarr --pretrained CKPT --out runs/superres
+    python flows/finetune.py --store data/grids.zarr --task detect --pretrained CKPT \\
+        --resolution 32 --fpn-channels 64 --runs-dir runs/detect --epochs 50
+
+The detect run's checkpoint (``RUN/checkpoints/latest.pt``) then feeds ``nerfmae detect``,
+``nerfmae evaluate`` and ``nerfmae export-3d --boxes``.
 """
 
 from __future__ import annotations
@@ -43,7 +52,7 @@ from flows.run_logs import with_library_logs
 FINETUNE_ARTIFACT_KEY = "finetune-report"
 # model.finetune.FINETUNE_TASKS, spelled out so that parsing the command line does not
 # import torch (tests/test_flow_finetune.py keeps the two equal).
-TASKS = ("semantics", "superres")
+TASKS = ("semantics", "superres", "detect")
 
 
 def torchrun_command(config: dict[str, Any], nproc_per_node: int) -> list[str]:
@@ -131,6 +140,18 @@ def metrics_markdown(summary: dict[str, Any], store: str) -> str:
             ("val MSE", summary.get("val_mse")),
             ("scale", summary.get("scale")),
         ]
+    elif task_name == "detect":
+        rows += [
+            ("val AP25", summary.get("val_ap25")),
+            ("val AP50", summary.get("val_ap50")),
+            *((f"val recall50@{k}", summary.get(f"val_recall50@{k}")) for k in (300, 1000, 2500)),
+            ("val average recall", summary.get("val_average_recall")),
+            ("val GT boxes / detections",
+             f"{summary.get('val_num_gt')} / {summary.get('val_num_detections')}"),
+            ("val loss (cls / reg / ctr)", " / ".join(
+                _fmt(summary.get(f"val_loss_{t}")) for t in ("cls", "reg", "ctr"))),
+            ("FPN channels", (summary.get("detector") or {}).get("channels")),
+        ]  # fmt: skip
     rows += [
         ("grids / s", summary.get("grids_per_s")),
         ("seconds", summary.get("seconds")),
@@ -159,8 +180,16 @@ def metrics_markdown(summary: dict[str, Any], store: str) -> str:
         lines.append("|---|---|---|")
         lines += [f"| {_fmt(c)} | {_fmt(v)} | {_fmt(acc.get(c))} |" for c, v in iou.items()]
 
+    ap25 = summary.get("val_per_class_ap25") or {}
+    ap50 = summary.get("val_per_class_ap50") or {}
+    if ap25 or ap50:  # detection with num_classes
+        lines += ["", "## Per-class AP (validation)", "", "| class | AP25 | AP50 |"]
+        lines.append("|---|---|---|")
+        lines += [f"| {_fmt(c)} | {_fmt(ap25.get(c))} | {_fmt(ap50.get(c))} |"
+                  for c in {**ap25, **ap50}]  # fmt: skip
+
     lines += ["", "## Outputs", ""]
-    picture = summary.get("labels_png") or summary.get("superres_png")
+    picture = summary.get("labels_png") or summary.get("superres_png") or summary.get("boxes_png")
     if picture:
         path = Path(picture).resolve()
         lines.append(
@@ -196,13 +225,14 @@ def finetune_nerfmae(
     target_store: str | None = None,
     label_fraction: float = 1.0,
     nproc_per_node: int = 1,
+    fpn_channels: int | None = None,
     options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune on ``store`` into ``out_dir``; returns the run's summary.
 
     Args:
         store: grid store URL (for ``semantics`` its scenes need ``semantic`` labels).
-        task: ``semantics`` or ``superres``.
+        task: ``semantics``, ``superres`` or ``detect`` (its scenes need ``boxes``).
         pretrained: pretraining checkpoint whose encoder starts the run (a ``pretrain-mae``
             run's ``checkpoints/latest.pt``); give it or ``scratch``, not both.
         scratch: start from random weights instead (the baseline).
@@ -216,9 +246,20 @@ def finetune_nerfmae(
         target_store: ``superres``: the store of the same scenes at the higher resolution.
         label_fraction: share of the training scenes whose labels are used.
         nproc_per_node: devices; above 1 the run goes under ``torchrun``.
+        fpn_channels: ``detect``: width of the FPN and head (None: 256, the reference's);
+            the ``channels`` of ``detector_overrides``, which other fields of
+            ``model.detection.detector.DetectorConfig`` can be given in through options.
         options: any other ``model.finetune.FinetuneConfig`` field (``lr``, ``max_steps``,
-            ``val_scenes``, ``num_classes``...).
+            ``val_scenes``, ``num_classes``, ``detector_overrides``...).
     """
+    options = dict(options or {})
+    if fpn_channels is not None:
+        if task != "detect":
+            raise ValueError(f"fpn_channels: only the detect task has an FPN, not {task!r}")
+        options["detector_overrides"] = {
+            **(options.get("detector_overrides") or {}),
+            "channels": fpn_channels,
+        }
     if out_dir is None:
         out_dir = str(new_run_dir(runs_dir))
         get_run_logger().info("run folder %s", out_dir)
@@ -234,7 +275,7 @@ def finetune_nerfmae(
         "resolution": resolution,
         "target_store_url": target_store,
         "label_fraction": label_fraction,
-        **(options or {}),
+        **options,
     }
     summary = run_finetuning(config, nproc_per_node)
     create_markdown_artifact(
@@ -242,11 +283,11 @@ def finetune_nerfmae(
         markdown=metrics_markdown(summary, store),
         description=f"{task} fine-tuning on {store} ({summary.get('init')})",
     )
-    headline = (
-        f"val mIoU {summary.get('val_miou')}"
-        if summary.get("task") == "semantics"
-        else f"val PSNR {summary.get('val_psnr')} dB"
-    )
+    headline = {
+        "semantics": f"val mIoU {summary.get('val_miou')}",
+        "superres": f"val PSNR {summary.get('val_psnr')} dB",
+        "detect": f"val AP50 {summary.get('val_ap50')}, AP25 {summary.get('val_ap25')}",
+    }.get(summary.get("task"), "")
     get_run_logger().info(
         "%s fine-tuning (%s): loss %s, %s, checkpoint %s",
         summary.get("task"),
@@ -276,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label-fraction", type=float, default=1.0)
     parser.add_argument("--nproc-per-node", type=int, default=1)
     parser.add_argument(
+        "--fpn-channels", type=int, help="detect: FPN and head width (default 256; 64 on a CPU)"
+    )
+    parser.add_argument(
         "--options", type=json.loads, default={}, help="JSON object of FinetuneConfig fields"
     )
     args = parser.parse_args(argv)
@@ -293,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         target_store=args.target_store,
         label_fraction=args.label_fraction,
         nproc_per_node=args.nproc_per_node,
+        fpn_channels=args.fpn_channels,
         options=args.options,
     )
     print(json.dumps(summary, indent=2))

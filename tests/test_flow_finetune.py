@@ -129,7 +129,8 @@ def test_markdown_reports_each_task_and_escapes_table_cells():
          "val_recall50@1000": 0.875, "val_recall50@2500": 1.0, "val_num_gt": 8,
          "val_num_detections": 40, "val_loss_cls": 0.125, "val_loss_reg": 0.0625,
          "val_loss_ctr": 0.0625, "detector": {"channels": 16},
-         "boxes_png": "/r/boxes/step_000004.png"},
+         "boxes_png": "/r/boxes/step_000004.png", "val_per_class_ap25": {"chair": 0.5},
+         "val_per_class_ap50": {"chair": None}},
         "s.zarr",
     )  # fmt: skip
     assert "| val AP25 | 0.5 |" in detect and "| val AP50 | 0.25 |" in detect
@@ -138,6 +139,8 @@ def test_markdown_reports_each_task_and_escapes_table_cells():
     assert "| val loss (cls / reg / ctr) | 0.125 / 0.0625 / 0.0625 |" in detect
     assert "| FPN channels | 16 |" in detect and "mIoU" not in detect and "PSNR" not in detect
     assert "/r/boxes" in detect and "(latest: `step_000004.png`)" in detect
+    assert "## Per-class AP (validation)" in detect and "| chair | 0.5 | None |" in detect
+    assert "Per-class AP" not in superres
 
 
 @pytest.mark.parametrize(
