@@ -246,6 +246,11 @@ def test_detection_from_a_pretrained_encoder_then_detect_evaluate_and_export(
     assert any(n.startswith("fpn.") for n in fresh) and any(n.startswith("head.") for n in fresh)
     assert not any(n.startswith("encoder.") for n in fresh)
     assert summary["boxes_png"] and (run / "boxes").is_dir()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    assert "val/boxes" in events.Tags()["images"]  # the validation picture, in TensorBoard
     checkpoint = run / "checkpoints" / "latest.pt"
 
     boxes_json, picture = tmp_path / "boxes.json", tmp_path / "boxes.png"
