@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,9 +47,10 @@ from model.trainer import (
 )
 from model.training_config import (
     TrainingConfig,
-    add_config_flags,
+    config_arg_parser,
     fit_batch_to_scenes,
     json_ready,
+    run_config_command,
     split_scenes,
 )
 from model.visualize import save_reconstruction
@@ -215,26 +214,14 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------------- entry point
 def build_arg_parser() -> argparse.ArgumentParser:
     """One flag per :class:`PretrainConfig` field (``--store``/``--out`` name the first two)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m model.engine",
-        description="NeRF-MAE pretraining (single process, or one rank under torchrun). "
-        "Each flag sets the PretrainConfig field of that name (see its docstring).",
+    return config_arg_parser(
+        PretrainConfig, "python -m model.engine",
+        "NeRF-MAE pretraining (single process, or one rank under torchrun).",
     )
-    add_config_flags(parser, PretrainConfig)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_arg_parser().parse_args(argv)
-    rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING,
-        format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s",
-    )
-    summary = pretrain(PretrainConfig(**vars(args)))
-    if rank == 0:
-        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
-    return 0
+    return run_config_command(build_arg_parser(), PretrainConfig, pretrain, argv)
 
 
 if __name__ == "__main__":

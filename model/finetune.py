@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import math
-import os
 import sys
 from abc import abstractmethod
 from collections.abc import Sequence
@@ -43,7 +41,13 @@ from torch import nn
 from grid_store import GridStore
 from model.distributed import DistributedContext
 from model.trainer import Task, run_task
-from model.training_config import TrainingConfig, add_config_flags, json_ready, rank_by_hash
+from model.training_config import (
+    TrainingConfig,
+    config_arg_parser,
+    json_ready,
+    rank_by_hash,
+    run_config_command,
+)
 from model.transfer import CARRIED_PREFIXES
 
 logger = logging.getLogger(__name__)
@@ -215,26 +219,14 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------------- entry point
 def build_arg_parser() -> argparse.ArgumentParser:
     """One flag per :class:`FinetuneConfig` field (``--store``/``--out`` name the first two)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m model.finetune",
-        description="NeRF-MAE fine-tuning (single process, or one rank under torchrun). "
-        "Each flag sets the FinetuneConfig field of that name (see its docstring).",
+    return config_arg_parser(
+        FinetuneConfig, "python -m model.finetune",
+        "NeRF-MAE fine-tuning (single process, or one rank under torchrun).",
     )
-    add_config_flags(parser, FinetuneConfig)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_arg_parser().parse_args(argv)
-    rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING,
-        format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s",
-    )
-    summary = finetune(FinetuneConfig(**vars(args)))
-    if rank == 0:
-        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
-    return 0
+    return run_config_command(build_arg_parser(), FinetuneConfig, finetune, argv)
 
 
 if __name__ == "__main__":

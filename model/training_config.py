@@ -256,3 +256,39 @@ def add_config_flags(
         else:
             parser.add_argument(flag, dest=f.name, type=kind, nargs="+" if is_list else None,
                                 required=required, default=default)  # fmt: skip
+
+
+def config_arg_parser(
+    config_class: type[TrainingConfig], prog: str, description: str
+) -> argparse.ArgumentParser:
+    """A parser with one flag per field of ``config_class`` (``--store``/``--out`` first)."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=f"{description} Each flag sets the {config_class.__name__} field of that "
+        "name (see its docstring).",
+    )
+    add_config_flags(parser, config_class)
+    return parser
+
+
+def run_config_command(
+    parser: argparse.ArgumentParser,
+    config_class: type[TrainingConfig],
+    run: typing.Callable[[Any], dict[str, Any]],
+    argv: Sequence[str] | None = None,
+) -> int:
+    """The ``python -m`` entry of a training run, one rank of ``torchrun`` or alone: parse,
+    log (rank 0 at INFO, the others at WARNING), run, and print the summary on rank 0."""
+    import os
+    import sys
+
+    args = parser.parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s",
+    )
+    summary = run(config_class(**vars(args)))
+    if rank == 0:
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    return 0
