@@ -257,3 +257,21 @@ def test_bad_shapes_raise_value_error(kwargs, field):
         box_views_figure(**args)
     with pytest.raises(ValueError, match=field):
         save_box_views("/nonexistent/never.png", **args)
+
+
+def test_the_birds_eye_view_looks_under_the_ceiling():
+    # An opaque white ceiling over the whole grid and a blue voxel inside the GT box: looking
+    # down through the boxes' height range, the view shows the blue voxel, not the ceiling.
+    gt = np.array([[12.0, 10.0, 5.0, 10.0, 8.0, 6.0, 0.0]])  # z from 2 to 8
+    rgba = empty_grid()
+    rgba[:, :, :, -1] = 1.0  # the ceiling, above the box
+    rgba[:, 12, 10, 4] = [0.0, 0.0, 1.0, 1.0]
+    fig, axes = box_views_figure(rgba, None, gt)
+    try:
+        image = render(fig)
+        (bx, by), (wx, wy) = axes["bev"].transData.transform([[12.5, 10.5], [3.5, 3.5]])
+    finally:
+        plt.close(fig)
+    h = image.shape[0]
+    assert np.allclose(image[int(h - by), int(bx)], [0, 0, 255], atol=5)
+    assert not np.allclose(image[int(h - wy), int(wx)], [255, 255, 255], atol=30)

@@ -6,7 +6,8 @@ with x to the right and y up, and a box is drawn as its bird's-eye rectangle
 (:func:`grid_store.boxes.bev_corners`). Ground truth is green and solid, predictions are
 red, dashed, drawn lowest score first (the best on top) and labelled with their score.
 
-Panels: the bird's-eye view (front-to-back alpha compositing looking down z, over a grey
+Panels: the bird's-eye view (front-to-back alpha compositing looking down z through the
+ground-truth boxes' height range, so that a room's ceiling does not hide them, over a grey
 background where the column is empty), then horizontal slices at 1/4, 1/2 and 3/4 of the
 ground-truth boxes' height range (or of the real grid's z range when there are none), each
 with the boxes that cross the slice.
@@ -74,15 +75,20 @@ def _shown_predictions(
     return boxes[order], scores[order]
 
 
-def _slice_heights(gt: np.ndarray, z_real: int) -> list[float]:
-    """Voxel-coordinate z of each slice: fractions of the GT boxes' z range (clipped to the
-    real grid) when there are boxes, else of the real grid's z range."""
+def _box_z_range(gt: np.ndarray, z_real: int) -> tuple[float, float]:
+    """The GT boxes' z range clipped to the real grid, or the grid's when there are none."""
     lo, hi = 0.0, float(z_real)
     if len(gt):
         lo = max(lo, float((gt[:, 2] - gt[:, 5] / 2).min()))
         hi = min(hi, float((gt[:, 2] + gt[:, 5] / 2).max()))
-        if hi <= lo:  # boxes entirely outside the grid: slice the grid instead
+        if hi <= lo:  # boxes entirely outside the grid: the grid instead
             lo, hi = 0.0, float(z_real)
+    return lo, hi
+
+
+def _slice_heights(gt: np.ndarray, z_real: int) -> list[float]:
+    """Voxel-coordinate z of each slice: fractions of :func:`_box_z_range`."""
+    lo, hi = _box_z_range(gt, z_real)
     return [lo + f * (hi - lo) for f in SLICE_FRACTIONS]
 
 
@@ -149,7 +155,10 @@ def box_views_figure(
                              dpi=DPI, squeeze=False)  # fmt: skip
     named: dict[str, Axes] = {}
 
-    color, opacity = composite_along_z(real)  # (x, y, 3), (x, y)
+    # Looking down through the boxes' height range only: a room's ceiling would hide them.
+    lo, hi = _box_z_range(gt, z)
+    z0, z1 = int(np.floor(lo)), max(int(np.ceil(hi)), int(np.floor(lo)) + 1)
+    color, opacity = composite_along_z(real[..., z0:z1])  # (x, y, 3), (x, y)
     bev = color + (1.0 - opacity[..., None]) * BACKGROUND
     ax = axes[0, 0]
     # imshow wants rows = y; extent puts voxel i at [i, i + 1] on both axes.
@@ -158,7 +167,7 @@ def box_views_figure(
     _draw_boxes(ax, gt, pred, scores, label=True)
     shown = f"{len(pred)} of {n_pred} pred" if pred_boxes is not None else "no pred"
     thr = f" (score >= {score_threshold:g})" if score_threshold is not None else ""
-    ax.set_title(f"bird's-eye: {len(gt)} GT, {shown}{thr}", fontsize=8)
+    ax.set_title(f"bird's-eye, z {z0}-{z1}: {len(gt)} GT, {shown}{thr}", fontsize=8)
     named["bev"] = ax
 
     for c, height in enumerate(heights, start=1):
