@@ -253,6 +253,12 @@ def test_detection_from_a_pretrained_encoder_then_detect_evaluate_and_export(
     assert "val/boxes" in events.Tags()["images"]  # the validation picture, in TensorBoard
     checkpoint = run / "checkpoints" / "latest.pt"
 
+    def strict(constant):
+        raise AssertionError(f"config.json holds {constant}, which is not JSON")
+
+    saved = json.loads((run / "config.json").read_text(), parse_constant=strict)
+    assert saved["resolved"]["detector"]["size_ranges"][-1][0] == 64
+
     boxes_json, picture = tmp_path / "boxes.json", tmp_path / "boxes.png"
     assert cli_main(["detect", "--store", stores["low"], "--scene-id", "room3", "--checkpoint",
                      str(checkpoint), "--out", str(boxes_json), "--picture", str(picture)]) == 0

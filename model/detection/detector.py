@@ -34,6 +34,10 @@ from torch import Tensor, nn
 from model.decoder import CL3D
 from model.mae import MAEConfig, build_encoder, check_input_grid, frozen_pos_embed
 
+UNBOUNDED = 1e6
+"""An upper size bound beyond any grid (voxels): JSON, where configs are saved, has no
+infinity."""
+
 
 @dataclass
 class DetectorConfig:
@@ -51,9 +55,10 @@ class DetectorConfig:
     prior_prob: float = 0.01
     """Initial objectness probability (the classification bias)."""
     size_ranges: list[list[float]] = field(
-        default_factory=lambda: [[-1.0, 16.0], [16.0, 32.0], [32.0, 64.0], [64.0, math.inf]]
+        default_factory=lambda: [[-1.0, 16.0], [16.0, 32.0], [32.0, 64.0], [64.0, UNBOUNDED]]
     )
-    """Per level, the range of a positive location's largest regression distance (voxels)."""
+    """Per level, the range of a positive location's largest regression distance (voxels);
+    the last level's bound :data:`UNBOUNDED` stands for NeRF-RPN's infinity."""
     center_sampling_radius: float = 1.5
     """Positives lie within this many strides of the box centre (and inside its hull)."""
     focal_alpha: float = 0.25
