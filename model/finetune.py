@@ -39,6 +39,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from grid_store import GridStore
+from grid_store.dataset import GridDataset
 from model.distributed import DistributedContext
 from model.trainer import Task, run_task
 from model.training_config import (
@@ -157,6 +158,17 @@ class DenseTask(Task):
         self.store = GridStore(config.store_url, mode="r")
         self.transfer: dict[str, Any] | None = None
         self.labelled_scenes: list[str] = []
+
+    def grid_datasets(self, train_scenes, val_scenes) -> tuple[GridDataset, GridDataset | None]:
+        """The labelled training scenes (``self.labelled_scenes``, see :func:`labelled_subset`)
+        and the validation scenes as :class:`GridDataset` s (labels and boxes travel with the
+        grids; only training is augmented)."""
+        c = self.config
+        self.labelled_scenes = labelled_subset(train_scenes, c.train_scenes, c.label_fraction)
+        train = GridDataset(c.store_url, self.labelled_scenes, size=self.resolution,
+                            crop=c.crop, augment=c.augment, seed=c.seed)  # fmt: skip
+        val = GridDataset(c.store_url, val_scenes, size=self.resolution) if val_scenes else None
+        return train, val
 
     @abstractmethod
     def make_network(self) -> nn.Module:

@@ -19,8 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from grid_store.dataset import GridDataset
-from model.finetune import DenseTask, FinetuneConfig, labelled_subset
+from model.finetune import DenseTask, FinetuneConfig
 from model.semantic_metrics import VOID, SemanticMetrics, class_weights, label_counts
 from model.skip_net import build_semantic_net
 from model.task_pictures import save_label_slices
@@ -81,17 +80,13 @@ class SemanticsTask(DenseTask):
             self.num_classes = len(self.class_names)
 
     def datasets(self, train_scenes, val_scenes):
-        c = self.config
-        self.labelled_scenes = labelled_subset(train_scenes, c.train_scenes, c.label_fraction)
+        train, val = self.grid_datasets(train_scenes, val_scenes)
         counts = torch.zeros(self.num_classes, dtype=torch.int64)
         for scene in self.labelled_scenes:
             labels = torch.from_numpy(self.store.scene_zarr_arrays(scene)["semantic"][...])
             counts += label_counts(labels, self.num_classes)
         self.counts = counts
         self.weights = class_weights(counts)
-        train = GridDataset(c.store_url, self.labelled_scenes, size=self.resolution,
-                            crop=c.crop, augment=c.augment, seed=c.seed)  # fmt: skip
-        val = GridDataset(c.store_url, val_scenes, size=self.resolution) if val_scenes else None
         return train, val
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -80,13 +80,12 @@ def fcos_losses(
     num_pos = positive.sum().clamp(min=1).float()
 
     # one-hot over the K logits (K = 1: objectness); negatives are all-zero rows
+    b_idx, l_idx = positive.nonzero(as_tuple=True)
     one_hot = torch.zeros_like(logits)
-    b_pos, l_pos = positive.nonzero(as_tuple=True)
-    one_hot[b_pos, l_pos, targets.classes[b_pos, l_pos]] = 1.0
+    one_hot[b_idx, l_idx, targets.classes[b_idx, l_idx]] = 1.0
     focal = sigmoid_focal_loss(logits[scored], one_hot[scored], focal_alpha, focal_gamma)
     loss_cls = focal.sum() / num_pos
 
-    b_idx, l_idx = positive.nonzero(as_tuple=True)
     if len(b_idx):
         pred = decode_predictions(select_layout(layout, l_idx), deltas[b_idx, l_idx])
         gt = torch.stack([boxes[b][m].to(pred) for b, m in

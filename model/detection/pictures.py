@@ -28,6 +28,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Polygon  # noqa: E402
 
 from grid_store.boxes import as_boxes, bev_corners  # noqa: E402
+from model.task_pictures import _real_extent  # noqa: E402
 from model.visualize import composite_along_z  # noqa: E402
 
 GT_COLOUR = "#00c000"
@@ -43,17 +44,6 @@ def _numpy(x: Any, dtype: type | None = None) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().float().cpu().numpy() if dtype is not bool else x.detach().cpu().numpy()
     return np.asarray(x, dtype=dtype)
-
-
-def _real_extent(valid: np.ndarray) -> tuple[int, int, int]:
-    """``(x, y, z)``: one past the last real voxel along each axis (the whole grid if none)."""
-    if not valid.any():
-        return tuple(int(s) for s in valid.shape)  # type: ignore[return-value]
-    out = []
-    for d in range(3):
-        along = valid.any(axis=tuple(a for a in range(3) if a != d))
-        out.append(int(np.nonzero(along)[0].max()) + 1)
-    return tuple(out)  # type: ignore[return-value]
 
 
 def _shown_predictions(

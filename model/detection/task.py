@@ -27,7 +27,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from grid_store.dataset import GridDataset
 from model.detection.augment import random_rotate_scale
 from model.detection.detector import Detector, DetectorConfig
 from model.detection.evaluation import DetectionEvaluator
@@ -35,7 +34,8 @@ from model.detection.inference import detect
 from model.detection.losses import LOSS_TERMS, fcos_losses
 from model.detection.pictures import save_box_views
 from model.detection.targets import LevelLayout, assign_targets, level_layout
-from model.finetune import DenseTask, FinetuneConfig, labelled_subset
+from model.distributed import unwrap
+from model.finetune import DenseTask, FinetuneConfig
 from model.trainer import autocast
 from model.training_config import json_ready
 from model.transfer import ENCODER_ONLY
@@ -92,12 +92,7 @@ class DetectionTask(DenseTask):
             self.class_names = [f"class_{i}" for i in range(k)]
 
     def datasets(self, train_scenes, val_scenes):
-        c = self.config
-        self.labelled_scenes = labelled_subset(train_scenes, c.train_scenes, c.label_fraction)
-        train = GridDataset(c.store_url, self.labelled_scenes, size=self.resolution,
-                            crop=c.crop, augment=c.augment, seed=c.seed)  # fmt: skip
-        val = GridDataset(c.store_url, val_scenes, size=self.resolution) if val_scenes else None
-        return train, val
+        return self.grid_datasets(train_scenes, val_scenes)
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         return {
@@ -124,7 +119,7 @@ class DetectionTask(DenseTask):
         shapes = [tuple(m.shape[-3:]) for m in output.logits]
         key = (tuple(shapes), str(device))
         if key not in self._layouts:
-            strides = getattr(model, "module", model).strides
+            strides = unwrap(model).strides
             self._layouts[key] = level_layout(shapes, strides, device)
         return self._layouts[key]
 
@@ -135,13 +130,17 @@ class DetectionTask(DenseTask):
         labels = self._labels(batch)
         if self.config.augment:
             rgba, valid, boxes = random_rotate_scale(rgba, valid, boxes, self.augment_generator)
-        output = model(rgba)
+        return self.scored(model, model(rgba), boxes, valid, labels, device)[2]
+
+    def scored(self, model, output, boxes, valid, labels, device):
+        """``(layout, targets, loss terms)`` of a head output against the batch's boxes."""
         layout = self.layout(output, model, device)
         c = self.detector_config
         targets = assign_targets(layout, boxes, valid, c.size_ranges, c.center_sampling_radius,
                                  labels)  # fmt: skip
-        return fcos_losses(output, layout, targets, boxes, c.focal_alpha, c.focal_gamma,
-                           c.reg_loss_weight)  # fmt: skip
+        terms = fcos_losses(output, layout, targets, boxes, c.focal_alpha, c.focal_gamma,
+                            c.reg_loss_weight)  # fmt: skip
+        return layout, targets, terms
 
     def _labels(self, batch) -> list[torch.Tensor] | None:
         """The batch's box classes when the head has classes (``None``: class-agnostic)."""
@@ -158,12 +157,8 @@ class DetectionTask(DenseTask):
             boxes = [b.to(ctx.device) for b in batch["boxes"]]
             with autocast(ctx.device, amp_dtype):
                 output = model(rgba)
-            layout = self.layout(output, model, ctx.device)
             labels = self._labels(batch)
-            targets = assign_targets(layout, boxes, valid, c.size_ranges,
-                                     c.center_sampling_radius, labels)  # fmt: skip
-            terms = fcos_losses(output, layout, targets, boxes, c.focal_alpha, c.focal_gamma,
-                                c.reg_loss_weight)  # fmt: skip
+            layout, targets, terms = self.scored(model, output, boxes, valid, labels, ctx.device)
             one = torch.ones((), dtype=torch.float64, device=ctx.device)
             sums += torch.stack([*(terms[t].detach().double() for t in LOSS_TERMS), one])
             detections = detect(output, layout, targets.location_valid, c)
