@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from nerfmae_common.files import atomic_write
+
 SCHEMA_VERSION = 1
 RGBA_CHANNELS = ("R", "G", "B", "A")
 # float16 spacing near 1.0 is ~5e-4; values written through the store come back
@@ -319,10 +321,7 @@ class RadianceGrid:
         if self.boxes is not None:
             arrays["boxes"] = self.boxes
             arrays["box_labels"] = self.box_labels
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
         return path
 
     @classmethod

@@ -24,6 +24,7 @@ from nerf_training.field import FieldConfig, NGPField
 from nerf_training.hash_encoding import HashEncodingConfig
 from nerf_training.scene import load_scene
 from nerf_training.trainer import NerfTrainer, TrainerConfig
+from nerfmae_common.files import atomic_write, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -35,21 +36,14 @@ CHECKPOINT_EVERY_S = 120.0
 """Training seconds between periodic checkpoints (for resume after a crash)."""
 
 
-def _write_atomic(path: Path, write) -> None:
-    """Write via a temporary file and rename, so readers never see half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def write_json(path: Path, data: dict) -> None:
-    _write_atomic(path, lambda p: p.write_text(json.dumps(data, indent=2, sort_keys=True)))
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))
 
 
 def save_checkpoint(path: Path, trainer: NerfTrainer, scene_dir: Path) -> None:
     payload = trainer.state_dict()
     payload["scene_dir"] = str(scene_dir)
-    _write_atomic(path, lambda p: torch.save(payload, p))
+    atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def train_nerf(

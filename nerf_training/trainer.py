@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,6 @@ from nerf_training.field import (
     pixel_matched_resolution,
     resolve_backend,
 )
-from nerf_training.hash_encoding import HashEncodingConfig
 from nerf_training.occupancy import OccupancyGrid, OccupancyGridConfig
 from nerf_training.rendering import (
     RaySamples,
@@ -42,6 +40,8 @@ from nerf_training.rendering import (
     render_rays,
 )
 from nerf_training.scene import Scene
+from nerfmae_common.devices import resolve_device
+from nerfmae_common.psnr import psnr_from_mse
 
 logger = logging.getLogger(__name__)
 
@@ -148,27 +148,6 @@ class TrainerConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainerConfig:
-        data = dict(data)
-        if data.get("field") is not None:
-            f = dict(data["field"])
-            f["encoding"] = HashEncodingConfig(**f["encoding"])
-            data["field"] = FieldConfig(**f)
-        if data.get("occupancy") is not None:
-            data["occupancy"] = OccupancyGridConfig(**data["occupancy"])
-        for key in ("betas", "lr_milestones"):
-            if key in data:
-                data[key] = tuple(data[key])
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
 
 def resolve_field_config(
     config: TrainerConfig, device: torch.device, scene: Scene | None = None
@@ -208,8 +187,7 @@ def resolve_field_config(
 
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
     """PSNR in dB of images in [0, 1]."""
-    mse = float(torch.mean((pred.float() - target.float()) ** 2))
-    return float("inf") if mse == 0 else -10.0 * math.log10(mse)
+    return psnr_from_mse(float(torch.mean((pred.float() - target.float()) ** 2)))
 
 
 def ssim(pred: torch.Tensor, target: torch.Tensor, window: int = 11, sigma: float = 1.5) -> float:
@@ -576,11 +554,6 @@ class NerfTrainer:
         origins, dirs = self.cameras.generate_rays(cam, x + 0.5, y + 0.5)
         rgb, _, _ = self.render_rays_chunked(origins, dirs)
         return psnr(rgb, self._eval_target(self.images[cam, y, x]))
-
-    @torch.no_grad()
-    def render_view(self, cam: int) -> torch.Tensor:
-        """Full-resolution render of camera ``cam`` -> ``(H, W, 3)`` in [0, 1]."""
-        return self.render_view_with_depth(cam)[0]
 
     @torch.no_grad()
     def render_view_with_depth(self, cam: int) -> tuple[torch.Tensor, torch.Tensor]:

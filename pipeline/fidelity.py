@@ -26,12 +26,12 @@ at 30 dB), and NeRF-MAE learns from the geometry, so this compares the grids the
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
 from grid_store.grid import RadianceGrid
+from nerfmae_common.psnr import psnr_from_mse
 
 OCCUPIED_ALPHA = 0.5
 """Alpha above which a voxel counts as occupied (opaque surface or solid)."""
@@ -68,7 +68,7 @@ def grid_fidelity(grid: RadianceGrid, truth: RadianceGrid) -> dict[str, Any]:
         rgb = grid.rgb[:, inside][:, both].astype(np.float64)
         truth_rgb = truth.rgb[:, i, j, k][:, both].astype(np.float64)
         mse = float(np.mean((rgb - truth_rgb) ** 2))
-        colour_psnr = math.inf if mse == 0 else -10.0 * math.log10(mse)
+        colour_psnr = psnr_from_mse(mse)
     hazy = np.zeros(grid.shape, bool)
     hazy[inside] = truth_empty & (alpha > EMPTY_ALPHA)
     next_to_truth = np.zeros(grid.shape, bool)

@@ -36,6 +36,7 @@ import numpy as np
 
 from grid_store.boxes import aabb_to_boxes, voxel_to_world, world_to_voxel
 from grid_store.grid import SCHEMA_VERSION, GridValidationError, RadianceGrid
+from nerfmae_common.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -313,10 +314,7 @@ def export_rpn_npz(
         "offset": np.zeros(3, dtype=np.float32),
         "from_mitsuba": np.bool_(False),
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.savez_compressed(fh, **arrays)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
     if boxes_path is not None and grid.boxes is not None:
         np.save(boxes_path, boxes_world_to_voxel(grid.boxes, grid.bbox_min, grid.voxel_size))
     return path
