@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model import build_mae  # noqa: E402
-from model.decoder import upsample_kernel_stride  # noqa: E402
+from model.networks.decoder import upsample_kernel_stride  # noqa: E402
 
 # (extent of the real grid, padded cubic side); the issue's two sizes.
 SIZES = {64: (64, 56, 48), 96: (96, 84, 72)}
@@ -70,8 +70,9 @@ def time_size(model, side: int, extent, repeats: int, amp_dtype=None) -> list[fl
 
 def time_folded_and_unfolded(model, side: int, extent, repeats: int, amp_dtype=None):
     """Seconds per step with ``decoder1``'s upsampling and first conv folded (the model as
-    built, ``model.decoder.upsample_then_conv``) and as two layers (same weights, same numbers
-    up to rounding), alternating step by step so that the VM's drift hits both alike."""
+    built, ``model.networks.decoder.upsample_then_conv``) and as two layers (same weights,
+    same numbers up to rounding), alternating step by step so that the VM's drift hits both
+    alike."""
     rgba, valid = padded_grid(extent, side)
     up_block = model.decoder.decoder1
 

@@ -5,8 +5,8 @@ autocast, >= 30 grids/s per H100/H200 (the reference: about 3 grids/s per A100 i
 Each timed step is exactly the engine's: ``accumulate_gradients`` (forward with bf16
 autocast, masked loss, backward) then ``optimizer_step`` (clip 0.1, AdamW, one-cycle).
 
-``--task detect``: the detection fine-tuning step of :mod:`model.detection.task` (without
-its rotation/scaling augmentation): :class:`model.detection.detector.Detector` (the
+``--task detect``: the detection fine-tuning step of :mod:`model.tasks.detect` (without
+its rotation/scaling augmentation): :class:`model.networks.detector.Detector` (the
 preset's encoder, an FPN and FCOS head ``--fpn-channels`` wide) forward, ``assign_targets``
 and ``fcos_losses`` against a few random yawed boxes per grid (voxel coordinates), backward
 under the same autocast, then the same ``optimizer_step`` (lr 3e-4, fine-tuning's). Then
@@ -46,7 +46,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from model import build_mae, get_config  # noqa: E402
-from model.detection.detector import Detector, DetectorConfig  # noqa: E402
 from model.detection.inference import detect  # noqa: E402
 from model.detection.losses import LOSS_TERMS, fcos_losses  # noqa: E402
 from model.detection.targets import (  # noqa: E402
@@ -55,8 +54,14 @@ from model.detection.targets import (  # noqa: E402
     level_layout,
     location_mask,
 )
-from model.engine import accumulate_gradients, optimizer_step, resolve_amp_dtype  # noqa: E402
-from model.trainer import accumulate_task_gradients, autocast  # noqa: E402
+from model.networks.detector import Detector, DetectorConfig  # noqa: E402
+from model.tasks.pretrain import accumulate_gradients  # noqa: E402
+from model.training.steps import (  # noqa: E402
+    accumulate_task_gradients,
+    autocast,
+    optimizer_step,
+    resolve_amp_dtype,
+)
 
 logger = logging.getLogger("bench_pretrain_gpu")
 

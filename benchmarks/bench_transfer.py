@@ -40,9 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from grid_store import GridStore  # noqa: E402
-from model.engine import PretrainConfig, pretrain  # noqa: E402
-from model.finetune import FinetuneConfig, finetune  # noqa: E402
-from model.training_config import rank_by_hash  # noqa: E402
+from model.tasks import finetune, make_config  # noqa: E402
+from model.tasks.pretrain import PretrainConfig, pretrain  # noqa: E402
+from model.training.config import rank_by_hash  # noqa: E402
 
 PRETRAIN_SEED0, POOL_SEED0, TEST_SEED0 = 10_000, 0, 5_000
 METRICS = {
@@ -114,8 +114,8 @@ def run_finetuning(
             f"--finetune-steps {args.finetune_steps} is not a whole number of epochs of "
             f"{steps_per_epoch} steps ({budget} rooms, batch {batch})"
         )
-    config = FinetuneConfig(
-        task=task, store_url=store, out_dir=str(out), preset=args.preset,
+    config = make_config(
+        task, store_url=store, out_dir=str(out), preset=args.preset,
         resolution=extra.pop("resolution", args.resolution), scenes=labelled + scenes["test"],
         val_scenes=scenes["test"], train_scenes=labelled,
         epochs=args.finetune_steps // steps_per_epoch, batch_size=batch, lr=args.finetune_lr,

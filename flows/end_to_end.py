@@ -23,9 +23,10 @@ from prefect import flow, get_run_logger
 from prefect.states import Completed
 
 from flows.build_dataset import build_dataset, summarize
-from flows.pretrain import new_run_dir, pretrain_mae
+from flows.pretrain import pretrain_mae
 from flows.run_logs import with_library_logs
 from flows.tasks import generate_scene_task
+from flows.training_runs import new_run_dir
 
 
 @flow(name="nerfmae-pipeline")

@@ -1,21 +1,21 @@
 """Flow ``finetune-nerfmae``: a pretrained NeRF-MAE encoder fine-tuned on a downstream task.
 
-The tasks are those of :mod:`model.finetune`: ``semantics`` (voxel labels, from a store
+The tasks are those of :data:`model.tasks.FINETUNE_TASKS`: ``semantics`` (voxel labels, from a store
 whose scenes carry a ``semantic`` array), ``superres`` (voxel super-resolution, against
 a second store of the same scenes sampled finer, ``target_store``) and ``detect``
-(oriented 3D boxes, :mod:`model.detection.task`, from a store whose scenes carry a
+(oriented 3D boxes, :mod:`model.tasks.detect`, from a store whose scenes carry a
 ``boxes`` array; class-agnostic unless ``num_classes`` is in options; ``fpn_channels`` sets
 the width of its FPN and head, 256 by default, 64 or fewer for a CPU). The encoder comes
 from a pretraining checkpoint (``pretrained``, e.g. a ``pretrain-mae`` run's
 ``checkpoints/latest.pt``) or starts random (``scratch``, the baseline to compare with);
 for ``detect`` only the encoder carries over.
 
-One device: :func:`model.finetune.finetune` runs inside the task. Several devices
-(``nproc_per_node > 1``): the task launches
-``python -m torch.distributed.run --standalone --nproc_per_node N -m model.finetune ...``
-as :mod:`flows.pretrain` does for pretraining and reads the summary from
-``RUN/metrics.json``. Either way the run ends with a markdown artifact of the task's
-metrics (mIoU; PSNR; AP25/AP50 and recalls) and where the outputs are.
+One device: :func:`model.tasks.train` runs inside the task. Several devices
+(``nproc_per_node > 1``): the task launches ``torchrun ... -m model.finetune TASK ...`` as
+:mod:`flows.pretrain` does for pretraining (:mod:`flows.training_runs`) and reads the
+summary from ``RUN/metrics.json``. Either way the run ends with a markdown artifact of the
+task's metrics (mIoU; PSNR; AP25/AP50 and recalls; the rows are the task's own) and where
+the outputs are.
 
 From the shell::
 
@@ -36,8 +36,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -46,36 +44,36 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.pretrain import engine_argv, new_run_dir
 from flows.run_logs import with_library_logs
+from flows.training_runs import new_run_dir, report_markdown, run_training
 
 FINETUNE_ARTIFACT_KEY = "finetune-report"
-# model.finetune.FINETUNE_TASKS, spelled out so that parsing the command line does not
+# model.tasks.FINETUNE_TASKS, spelled out so that parsing the command line does not
 # import torch (tests/test_flow_finetune.py keeps the two equal).
 TASKS = ("semantics", "superres", "detect")
 
 
-def torchrun_command(config: dict[str, Any], nproc_per_node: int) -> list[str]:
-    """The ``torchrun`` command line of ``model.finetune``, with this interpreter."""
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={int(nproc_per_node)}",
-        "-m",
-        "model.finetune",
-        *engine_argv(config),
-    ]
+def finetune_config(task_name: str, fields: dict[str, Any]):
+    """The task's config from the flow's fields; a field the task's config lacks is an error
+    that names it and the task."""
+    from model.tasks import make_config, task_class
+
+    config_class = task_class(task_name).config_class
+    known = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)}: not settings of the {task_name!r} task "
+                         f"({config_class.__name__})")  # fmt: skip
+    return make_config(task_name, **fields)
 
 
 @task(name="finetune_nerfmae", cache_policy=NO_CACHE)
 @with_library_logs
-def run_finetuning(config: dict[str, Any], nproc_per_node: int = 1) -> dict[str, Any]:
-    """Fine-tune with ``FinetuneConfig(**config)``; returns the run's summary dict."""
-    from model.finetune import FinetuneConfig, finetune
-
-    resolved = FinetuneConfig(**config)  # bad fields fail here, before any process starts
+def run_finetuning(
+    task_name: str, config: dict[str, Any], nproc_per_node: int = 1
+) -> dict[str, Any]:
+    """Fine-tune ``task_name`` with ``config`` (its config's fields); returns the summary."""
+    resolved = finetune_config(task_name, config)  # bad fields fail here, before any process
     # The library opens the checkpoint only once the scenes are split and their labels
     # counted; a path left unset in a deployment should not cost that first.
     if resolved.pretrained and not Path(resolved.pretrained).is_file():
@@ -83,130 +81,19 @@ def run_finetuning(config: dict[str, Any], nproc_per_node: int = 1) -> dict[str,
             f"pretrained: {resolved.pretrained}: no such checkpoint (give a pretraining "
             "run's RUN/checkpoints/latest.pt, or scratch=True)"
         )
-    if nproc_per_node <= 1:
-        return finetune(resolved)
-
-    logger = get_run_logger()
-    command = torchrun_command(dataclasses.asdict(resolved), nproc_per_node)
-    logger.info("launching %s", " ".join(command))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        cwd=os.getcwd(),
-    ) as proc:
-        tail: list[str] = []
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            logger.info(line.rstrip())
-            tail = (tail + [line])[-40:]
-    if proc.returncode != 0:
-        raise RuntimeError(f"torchrun exited with {proc.returncode}; last output:\n{''.join(tail)}")
-    metrics_path = Path(resolved.out_dir) / "metrics.json"
-    if not metrics_path.is_file():
-        raise FileNotFoundError(f"{metrics_path}: torchrun finished without writing the summary")
-    return json.loads(metrics_path.read_text())
+    return run_training(resolved, nproc_per_node, get_run_logger())
 
 
-def _fmt(value: Any) -> str:
-    text = f"{value:.4g}" if isinstance(value, float) else str(value)
-    return text.replace("|", "\\|")  # a table cell (class names, paths) must not split
+def _fpn_overrides(task_name: str, fpn_channels: int, options: dict[str, Any]) -> None:
+    """Put ``fpn_channels`` where the task's config takes it (its ``--fpn-channels``)."""
+    from model.tasks import FINETUNE_TASKS, config_class
 
-
-def metrics_markdown(summary: dict[str, Any], store: str) -> str:
-    """The artifact text: the task's final metrics as tables, then where the outputs are."""
-    task_name = summary.get("task")
-    transfer = summary.get("transfer") or {}
-    rows: list[tuple[str, Any]] = [
-        ("steps", summary.get("steps")),
-        ("init", summary.get("init")),
-        ("transfer", transfer.get("summary", "none (from scratch)")),
-        ("train loss", summary.get("train_loss")),
-        ("val loss", summary.get("val_loss")),
-    ]
-    if task_name == "semantics":
-        rows += [
-            ("val mIoU", summary.get("val_miou")),
-            ("val mAcc", summary.get("val_macc")),
-            ("val allAcc", summary.get("val_allacc")),
-        ]
-    elif task_name == "superres":
-        rows += [
-            ("val PSNR, pooled (dB)", summary.get("val_psnr")),
-            ("val PSNR, mean of batches (dB)", summary.get("val_mean_batch_psnr")),
-            ("val MSE", summary.get("val_mse")),
-            ("scale", summary.get("scale")),
-        ]
-    elif task_name == "detect":
-        rows += [
-            ("val AP25", summary.get("val_ap25")),
-            ("val AP50", summary.get("val_ap50")),
-            *((f"val recall50@{k}", summary.get(f"val_recall50@{k}")) for k in (300, 1000, 2500)),
-            ("val average recall", summary.get("val_average_recall")),
-            ("val GT boxes / detections",
-             f"{summary.get('val_num_gt')} / {summary.get('val_num_detections')}"),
-            ("val loss (cls / reg / ctr)", " / ".join(
-                _fmt(summary.get(f"val_loss_{t}")) for t in ("cls", "reg", "ctr"))),
-            ("FPN channels", (summary.get("detector") or {}).get("channels")),
-        ]  # fmt: skip
-    rows += [
-        ("grids / s", summary.get("grids_per_s")),
-        ("seconds", summary.get("seconds")),
-        ("preset / parameters", f"{summary.get('preset')} / {summary.get('parameters')}"),
-        ("device x world size", f"{summary.get('device')} x {summary.get('world_size')}"),
-        (
-            "scenes (train / labelled / val)",
-            f"{summary.get('train_scenes')} / {summary.get('labelled_scenes')} / "
-            f"{summary.get('val_scenes')}",
-        ),
-    ]
-    lines = [
-        f"# NeRF-MAE fine-tuning: {task_name}",
-        "",
-        f"Store: `{store}`",
-        "",
-        "| metric | value |",
-        "|---|---|",
-    ]
-    lines += [f"| {name} | {_fmt(value)} |" for name, value in rows]
-
-    iou = summary.get("val_per_class_iou") or {}
-    if iou:
-        acc = summary.get("val_per_class_acc") or {}
-        lines += ["", "## Per-class IoU (validation)", "", "| class | IoU | accuracy |"]
-        lines.append("|---|---|---|")
-        lines += [f"| {_fmt(c)} | {_fmt(v)} | {_fmt(acc.get(c))} |" for c, v in iou.items()]
-
-    ap25 = summary.get("val_per_class_ap25") or {}
-    ap50 = summary.get("val_per_class_ap50") or {}
-    if ap25 or ap50:  # detection with num_classes
-        lines += ["", "## Per-class AP (validation)", "", "| class | AP25 | AP50 |"]
-        lines.append("|---|---|---|")
-        lines += [f"| {_fmt(c)} | {_fmt(ap25.get(c))} | {_fmt(ap50.get(c))} |"
-                  for c in {**ap25, **ap50}]  # fmt: skip
-
-    lines += ["", "## Outputs", ""]
-    picture = summary.get("labels_png") or summary.get("superres_png") or summary.get("boxes_png")
-    if picture:
-        path = Path(picture).resolve()
-        lines.append(
-            f"- validation pictures: [{path.parent}]({path.parent.as_uri()})"
-            f" (latest: `{path.name}`)"
-        )
-    else:
-        lines.append("- validation pictures: none (no validation scenes)")
-    for label, key in (
-        ("run folder", "run_dir"),
-        ("checkpoint", "checkpoint"),
-        ("TensorBoard", "tensorboard_dir"),
-        ("metrics", "metrics_path"),
-    ):
-        if summary.get(key):
-            lines.append(f"- {label}: `{summary[key]}`")
-    return "\n".join(lines) + "\n"
+    shortcut = config_class(task_name).cli_shortcuts.get("--fpn-channels")
+    if shortcut is None:
+        owners = [n for n in FINETUNE_TASKS if "--fpn-channels" in config_class(n).cli_shortcuts]
+        raise ValueError(f"fpn_channels: only the {' and '.join(owners)} task has an FPN, "
+                         f"not {task_name!r}")  # fmt: skip
+    options[shortcut.field] = {**(options.get(shortcut.field) or {}), shortcut.key: fpn_channels}
 
 
 @flow(name="finetune-nerfmae")
@@ -248,46 +135,39 @@ def finetune_nerfmae(
         nproc_per_node: devices; above 1 the run goes under ``torchrun``.
         fpn_channels: ``detect``: width of the FPN and head (None: 256, the reference's);
             the ``channels`` of ``detector_overrides``, which other fields of
-            ``model.detection.detector.DetectorConfig`` can be given in through options.
-        options: any other ``model.finetune.FinetuneConfig`` field (``lr``, ``max_steps``,
-            ``val_scenes``, ``num_classes``, ``detector_overrides``...).
+            ``model.networks.detector.DetectorConfig`` can be given in through options.
+        options: any other field of the task's config (``model.tasks.config_class(task)``:
+            ``lr``, ``max_steps``, ``val_scenes``, ``num_classes``, ``detector_overrides``...).
     """
+    from model.tasks import task_class
+
     options = dict(options or {})
     if fpn_channels is not None:
-        if task != "detect":
-            raise ValueError(f"fpn_channels: only the detect task has an FPN, not {task!r}")
-        options["detector_overrides"] = {
-            **(options.get("detector_overrides") or {}),
-            "channels": fpn_channels,
-        }
+        _fpn_overrides(task, fpn_channels, options)
+    if target_store is not None:
+        options["target_store_url"] = target_store
     if out_dir is None:
         out_dir = str(new_run_dir(runs_dir))
         get_run_logger().info("run folder %s", out_dir)
     config = {
         "store_url": store,
         "out_dir": out_dir,
-        "task": task,
         "pretrained": pretrained,
         "scratch": scratch,
         "preset": preset,
         "epochs": epochs,
         "batch_size": batch_size,
         "resolution": resolution,
-        "target_store_url": target_store,
         "label_fraction": label_fraction,
         **options,
     }
-    summary = run_finetuning(config, nproc_per_node)
+    summary = run_finetuning(task, config, nproc_per_node)
     create_markdown_artifact(
         key=FINETUNE_ARTIFACT_KEY,
-        markdown=metrics_markdown(summary, store),
+        markdown=report_markdown(summary, store, f"NeRF-MAE fine-tuning: {task}"),
         description=f"{task} fine-tuning on {store} ({summary.get('init')})",
     )
-    headline = {
-        "semantics": f"val mIoU {summary.get('val_miou')}",
-        "superres": f"val PSNR {summary.get('val_psnr')} dB",
-        "detect": f"val AP50 {summary.get('val_ap50')}, AP25 {summary.get('val_ap25')}",
-    }.get(summary.get("task"), "")
+    headline = task_class(task).headline(summary)
     get_run_logger().info(
         "%s fine-tuning (%s): loss %s, %s, checkpoint %s",
         summary.get("task"),

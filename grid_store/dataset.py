@@ -379,6 +379,28 @@ class GridDataset(Dataset):
         return sample
 
 
+def real_bounds(valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bounding box of an ``(X, Y, Z)`` bool mask (a sample's ``valid``): ``(3,)`` int64
+    ``lo`` (first index) and ``hi`` (one past the last) per axis, both 0 on every axis of an
+    empty mask. Computed on the mask's device without a host sync."""
+    lo, hi = [], []
+    for axis in range(3):
+        along = valid.any(dim=tuple(a for a in range(3) if a != axis))  # (n,) bool
+        found = along.any()
+        occupied = along.to(torch.uint8)  # argmax takes numbers
+        first = torch.argmax(occupied)  # the first True (0 when none)
+        last = occupied.shape[0] - torch.argmax(occupied.flip(0))  # one past the last True
+        lo.append(torch.where(found, first, 0))
+        hi.append(torch.where(found, last, 0))
+    return torch.stack(lo), torch.stack(hi)
+
+
+def real_extent(valid: torch.Tensor) -> torch.Tensor:
+    """``(3,)`` int64 size of a sample's real region (``valid`` ``(X, Y, Z)``, padding at the
+    high end of each axis): one past its last index per axis, 0 for an empty mask."""
+    return real_bounds(valid)[1]
+
+
 def window_boxes(
     boxes: np.ndarray,
     labels: np.ndarray,

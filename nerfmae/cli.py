@@ -2,7 +2,9 @@
 
 Each module in :mod:`nerfmae.commands` defines ``register(subparsers)`` which adds its
 parser and sets ``func`` (called with the parsed namespace, returns an exit code).
-Heavy imports stay inside the command functions so ``nerfmae --help`` is fast.
+Heavy imports stay inside the command functions so ``nerfmae --help`` is fast. A command
+whose parser is generated when it runs (``pretrain``, ``finetune``) sets ``passthrough``:
+it receives the rest of the command line as ``args.extra``.
 """
 
 from __future__ import annotations
@@ -30,7 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "passthrough", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -1,5 +1,6 @@
-"""Folding the 4x upsampling into the next 3x3x3 conv (``model.decoder.upsample_then_conv``)
-gives the numbers and gradients of the two plain layers, edges and biases included."""
+"""Folding the 4x upsampling into the next 3x3x3 conv
+(``model.networks.decoder.upsample_then_conv``) gives the numbers and gradients of the two
+plain layers, edges and biases included."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from model.decoder import UpBlock, compose_upsample_conv, upsample_then_conv
+from model.networks.decoder import UpBlock, compose_upsample_conv, upsample_then_conv
 
 
 @pytest.mark.parametrize("scale, tokens", [(4, (3, 2, 4)), (2, (2, 3, 1)), (4, (1, 1, 1))])

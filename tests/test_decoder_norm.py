@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from model.decoder import InstanceNorm3dCL, UnetResBlock
+from model.networks.decoder import InstanceNorm3dCL, UnetResBlock
 
 CL3D = torch.channels_last_3d
 

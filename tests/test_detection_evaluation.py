@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.detection.evaluation import (
+from model.metrics.detection import (
     AVERAGE_RECALL_THRESHOLDS,
     DetectionEvaluator,
     average_precision,

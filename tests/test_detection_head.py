@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from grid_store.boxes import world_to_voxel
+from grid_store.dataset import real_extent
 from model import get_config
-from model.detection.detector import Detector, DetectorConfig, level_locations
-from model.detection.evaluation import DetectionEvaluator
 from model.detection.inference import detect
 from model.detection.losses import fcos_losses, sigmoid_focal_loss, weighted_iou_loss
-from model.detection.targets import assign_targets, level_layout, real_extent
+from model.detection.targets import assign_targets, level_layout
+from model.metrics.detection import DetectionEvaluator
+from model.networks.detector import Detector, DetectorConfig, level_locations
 from pipeline.synthetic.ground_truth import sample_ground_truth
 from pipeline.synthetic.room import make_room
 

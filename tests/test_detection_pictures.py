@@ -9,7 +9,7 @@ import torch
 from matplotlib.colors import to_rgb, to_rgba
 from matplotlib.patches import Polygon
 
-from model.detection.pictures import (
+from model.pictures.boxes import (
     GT_COLOUR,
     PRED_COLOUR,
     box_views_figure,

@@ -21,11 +21,12 @@ import torch
 
 from grid_store import GridStore, RadianceGrid
 from model import build_mae
-from model.checkpointing import capture_rng_state, load_checkpoint, restore_rng_state
-from model.distributed import DistributedContext, ResumableDistributedSampler
-from model.engine import PretrainConfig, accumulate_gradients, pretrain, split_scenes
-from model.metrics import ReconstructionMetrics, color_psnr, masked_alpha_mse
-from model.visualize import composite_along_z
+from model.metrics.reconstruction import ReconstructionMetrics, color_psnr, masked_alpha_mse
+from model.pictures.reconstruction import composite_along_z
+from model.tasks.pretrain import PretrainConfig, accumulate_gradients, pretrain
+from model.training.checkpointing import capture_rng_state, load_checkpoint, restore_rng_state
+from model.training.config import fit_batch_to_scenes, split_scenes
+from model.training.distributed import DistributedContext, ResumableDistributedSampler
 from nerfmae.cli import main as cli_main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -209,7 +210,7 @@ def test_metrics_match_hand_computed_values():
     pred = torch.cat([pred_rgb, logits[:, None]], dim=1)
     metrics.update(pred, target, mask, valid, loss=torch.tensor(1.5))
     metrics.update(pred, torch.zeros_like(target), mask, valid)  # no opaque voxel: PSNR skipped
-    summary = metrics.summary()
+    summary = metrics.compute()
     assert summary["psnr"] == pytest.approx(-10 * math.log10(expected_mse), rel=1e-6)
     assert summary["alpha_mse"] == pytest.approx((0.75**2 + 0.75**2) / 2)
     assert summary["loss"] == pytest.approx(1.5)
@@ -256,7 +257,7 @@ def test_ddp_two_cpu_processes_with_torchrun(store_url, tmp_path):
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--standalone", "-m", "model.engine", "--store", store_url, "--out", str(run),
+           "--standalone", "-m", "model.pretrain", "--store", store_url, "--out", str(run),
            "--preset", "tiny", "--epochs", "2", "--batch-size", "2", "--num-workers", "0",
            "--val-fraction", "0.25", "--device", "cpu"]  # fmt: skip
     proc = subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
@@ -272,8 +273,6 @@ def test_ddp_two_cpu_processes_with_torchrun(store_url, tmp_path):
 
 
 def test_fit_batch_to_scenes_caps_to_what_one_epoch_can_fill(caplog):
-    from model.engine import fit_batch_to_scenes
-
     def fitted(batch, scenes, world, accum=1):
         config = PretrainConfig(store_url="s", out_dir="o", batch_size=batch,
                                 grad_accum_steps=accum)  # fmt: skip
@@ -291,7 +290,7 @@ def test_fit_batch_to_scenes_caps_to_what_one_epoch_can_fill(caplog):
 def test_default_batch_runs_on_a_small_store_and_records_the_cap(store_url, tmp_path, caplog):
     # The paper's batch of 32 on the 3 scenes of this store (1 held out): 2 per step.
     config = _config(store_url, tmp_path / "run", batch_size=32, epochs=1, augment=False)
-    with caplog.at_level(logging.WARNING, logger="model.engine"):
+    with caplog.at_level(logging.WARNING, logger="model"):
         summary = pretrain(config)
     assert summary["steps"] == 1 and summary["train_scenes"] == 2
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -303,7 +302,7 @@ def test_default_batch_runs_on_a_small_store_and_records_the_cap(store_url, tmp_
 def test_a_store_of_one_grid_trains_and_warns_there_is_no_validation(tmp_path, caplog):
     url = str(tmp_path / "one.zarr")
     GridStore(url).write_grid("only", _grid(SHAPES[0], 0))
-    with caplog.at_level(logging.WARNING, logger="model.engine"):
+    with caplog.at_level(logging.WARNING, logger="model"):
         summary = pretrain(_config(url, tmp_path / "run", batch_size=32, epochs=1))
     assert summary["steps"] == 1 and summary["val_psnr"] is None and summary["recon_png"] is None
     assert "no validation scene: 1 scene(s) in the store" in caplog.text

@@ -11,7 +11,8 @@ import pytest
 
 from grid_store import GridStore, RadianceGrid
 from grid_store.boxes import BOX_EDGES, box_corners
-from model.detection.export import (
+from nerfmae.cli import main
+from pipeline.export_3d import (
     GT_COLOUR,
     PRED_COLOUR,
     box_line_set,
@@ -23,7 +24,6 @@ from model.detection.export import (
     write_boxes_json,
     write_point_cloud,
 )
-from nerfmae.cli import main
 
 SHAPE = (6, 5, 4)
 BBOX_MIN = np.array([-1.0, 0.5, 2.0])

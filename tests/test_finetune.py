@@ -15,12 +15,13 @@ import pytest
 import torch
 
 from grid_store import GridStore, RadianceGrid
-from model.checkpointing import load_checkpoint
-from model.distributed import DistributedContext
-from model.engine import PretrainConfig, pretrain
-from model.finetune import FinetuneConfig, finetune, labelled_subset
-from model.semantic_task import SemanticsTask, weighted_cross_entropy
-from model.transfer import load_pretrained
+from model.tasks import finetune, make_config
+from model.tasks.base import labelled_subset
+from model.tasks.pretrain import PretrainConfig, pretrain
+from model.tasks.semantics import SemanticsTask, weighted_cross_entropy
+from model.training.checkpointing import load_checkpoint
+from model.training.distributed import DistributedContext
+from model.training.transfer import load_pretrained
 from nerfmae.cli import main as cli_main
 from pipeline.synthetic.ground_truth import sample_ground_truth
 from pipeline.synthetic.room import make_room
@@ -51,13 +52,13 @@ def pretrained(stores, tmp_path_factory) -> str:
     return summary["checkpoint"]
 
 
-def _config(stores, out, **changes) -> FinetuneConfig:
+def _config(stores, out, task="semantics", **changes):
     base = dict(
         store_url=stores["low"], out_dir=str(out), preset="tiny", resolution=32, epochs=2,
         batch_size=1, num_workers=0, val_scenes=["room3"], log_every=1, eval_every=100,
         checkpoint_every=2, keep_checkpoints=1, train_scenes=["room0", "room1"],
     )  # fmt: skip
-    return FinetuneConfig(**{**base, **changes})
+    return make_config(task, **{**base, **changes})
 
 
 def _log(run) -> list[dict]:
@@ -67,7 +68,7 @@ def _log(run) -> list[dict]:
 def test_pretrained_and_scratch_networks_differ_only_in_the_loaded_tensors(
     stores, pretrained, tmp_path
 ):
-    def initial(config: FinetuneConfig) -> tuple[dict, SemanticsTask]:
+    def initial(config) -> tuple[dict, SemanticsTask]:
         task = SemanticsTask(config, CPU)
         task.check_scenes(ROOMS)
         torch.manual_seed(config.seed)  # what the trainer does before building the model

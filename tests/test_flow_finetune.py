@@ -37,7 +37,7 @@ def labelled_store(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def checkpoint(labelled_store, tmp_path_factory) -> str:
     """A one-step ``tiny`` pretraining run's checkpoint on ``labelled_store``."""
-    from model.engine import PretrainConfig, pretrain
+    from model.tasks.pretrain import PretrainConfig, pretrain
 
     summary = pretrain(
         PretrainConfig(
@@ -75,14 +75,16 @@ def run_artifact(state, kind: str):
 def test_command_line_is_what_model_finetune_parses_back():
     import dataclasses
 
-    from flows.finetune import TASKS, torchrun_command
-    from model.finetune import FINETUNE_TASKS, FinetuneConfig, build_arg_parser
+    from flows.finetune import TASKS
+    from flows.training_runs import torchrun_command
+    from model.finetune import build_arg_parser, config_from_namespace
+    from model.tasks import FINETUNE_TASKS, make_config
 
     assert TASKS == FINETUNE_TASKS
-    config = FinetuneConfig(
+    config = make_config(
+        "superres",
         store_url="s3://b/g.zarr",
         out_dir="/tmp/run",
-        task="superres",
         pretrained="/tmp/mae/checkpoints/latest.pt",
         target_store_url="s3://b/g384.zarr",
         train_scenes=["a", "b"],
@@ -91,18 +93,22 @@ def test_command_line_is_what_model_finetune_parses_back():
         preset="tiny",
         max_steps=3,
     )
-    command = torchrun_command(dataclasses.asdict(config), 2)
+    command = torchrun_command(config, 2)
     assert command[1:7] == [
         "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "model.finetune"
     ]  # fmt: skip
-    assert FinetuneConfig(**vars(build_arg_parser().parse_args(command[7:]))) == config
-    detect = dataclasses.replace(config, task="detect", detector_overrides={"channels": 16})
-    command = torchrun_command(dataclasses.asdict(detect), 1)
-    assert FinetuneConfig(**vars(build_arg_parser().parse_args(command[7:]))) == detect
+    assert config_from_namespace(build_arg_parser().parse_args(command[7:])) == config
+    fields = {k: v for k, v in dataclasses.asdict(config).items() if k != "target_store_url"}
+    detect = make_config("detect", **fields, detector_overrides={"channels": 16})
+    command = torchrun_command(detect, 1)
+    assert config_from_namespace(build_arg_parser().parse_args(command[7:])) == detect
 
 
 def test_markdown_reports_each_task_and_escapes_table_cells():
-    from flows.finetune import metrics_markdown
+    from flows.training_runs import report_markdown
+
+    def metrics_markdown(summary, store):
+        return report_markdown(summary, store, f"NeRF-MAE fine-tuning: {summary['task']}")
 
     common = {"steps": 4, "init": "scratch", "transfer": None, "train_loss": 0.5,
               "val_loss": 0.25, "run_dir": "/r", "checkpoint": "/r/c.pt"}  # fmt: skip
@@ -151,9 +157,8 @@ def test_deployment_parameters_build_a_finetune_config(name, task):
 
     import yaml
 
-    from flows.finetune import finetune_nerfmae
-    from model.detection.detector import DetectorConfig
-    from model.finetune import FinetuneConfig
+    from flows.finetune import finetune_config, finetune_nerfmae
+    from model.networks.detector import DetectorConfig
 
     deployments = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
     (deployment,) = [d for d in deployments if d["name"] == name]
@@ -166,7 +171,7 @@ def test_deployment_parameters_build_a_finetune_config(name, task):
     renamed = {"store": "store_url", "target_store": "target_store_url"}
     fields = {renamed.get(k, k): v for k, v in params.items()
               if k not in ("runs_dir", "nproc_per_node")}  # fmt: skip
-    config = FinetuneConfig(out_dir="o", **fields, **options)
+    config = finetune_config(fields.pop("task"), {"out_dir": "o", **fields, **options})
     assert config.store_url == "data/grids.zarr" and config.pretrained  # the user sets it
     assert config.task == task
     if task == "detect":

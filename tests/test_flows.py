@@ -229,8 +229,10 @@ def test_flow_files_do_not_shadow_project_packages():
 
 
 def test_engine_argv_is_what_model_engine_parses_back():
-    from flows.pretrain import engine_argv
-    from model.engine import PretrainConfig, build_arg_parser
+    from flows.training_runs import torchrun_command
+    from model.pretrain import build_arg_parser
+    from model.tasks.pretrain import PretrainConfig
+    from model.training.cli import config_from_args
 
     config = PretrainConfig(
         store_url="s3://b/g.zarr",
@@ -243,10 +245,10 @@ def test_engine_argv_is_what_model_engine_parses_back():
         max_steps=7,
         lr=3e-4,
     )
-    import dataclasses
-
-    parsed = build_arg_parser().parse_args(engine_argv(dataclasses.asdict(config)))
-    assert PretrainConfig(**vars(parsed)) == config
+    command = torchrun_command(config, 2)
+    assert command[5:7] == ["-m", "model.pretrain"]
+    parsed = build_arg_parser().parse_args(command[7:])
+    assert config_from_args(PretrainConfig, parsed) == config
 
 
 # ----------------------------------------------------------------- flows
@@ -558,7 +560,7 @@ def test_documented_flow_parameters_are_valid_configs():
 
     from flows import build_dataset, end_to_end, finetune, pretrain
     from flows.tasks import config_from_dict
-    from model.engine import PretrainConfig
+    from model.tasks.pretrain import PretrainConfig
     from nerf_training import TrainerConfig
 
     flows_by_entry = {

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from model import MAEConfig, build_mae, list_presets
-from model.pos_embed import sincos_3d
+from model.networks.pos_embed import sincos_3d
 
 
 @pytest.fixture

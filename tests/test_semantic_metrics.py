@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from model.semantic_metrics import (
+from model.metrics.semantic import (
     SemanticMetrics,
     class_weights,
     confusion_matrix,

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from model.superres_metrics import PooledColourPSNR, superres_loss
+from model.metrics.superres import PooledColourPSNR, superres_loss
 
 
 def target_grid(occupied: int, total: int = 8) -> torch.Tensor:

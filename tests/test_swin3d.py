@@ -7,7 +7,7 @@ import torch
 from einops import rearrange
 
 from model import build_mae
-from model.swin3d import (
+from model.networks.swin3d import (
     PatchMerging3D,
     WindowAttention3D,
     relative_position_index,

@@ -7,10 +7,10 @@ import dataclasses
 import pytest
 import torch
 
-from model.checkpointing import DataPosition, make_checkpoint, save_checkpoint
-from model.presets import build_mae, get_config
-from model.skip_net import build_semantic_net, build_superres_net
-from model.transfer import load_pretrained
+from model.networks.presets import build_mae, get_config
+from model.networks.skip_net import build_semantic_net, build_superres_net
+from model.training.checkpointing import DataPosition, make_checkpoint, save_checkpoint
+from model.training.transfer import load_pretrained
 
 
 def pretraining_checkpoint(tmp_path, config) -> tuple[torch.nn.Module, str]:
@@ -97,7 +97,7 @@ def test_a_tiny_semantic_net_overfits_one_room():
     ignored: the labels are learnable through the skip network (mIoU towards 1)."""
     import numpy as np
 
-    from model.semantic_metrics import SemanticMetrics, class_weights, label_counts
+    from model.metrics.semantic import SemanticMetrics, class_weights, label_counts
     from pipeline.synthetic import SEMANTIC_CLASSES, make_room, sample_ground_truth
 
     torch.manual_seed(0)

@@ -41,21 +41,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-
-def _real_centre(valid: torch.Tensor) -> torch.Tensor:
-    """``(3,)`` float32 centre of ``valid``'s bounding box in voxel coordinates (no host sync).
-
-    An empty ``valid`` gives the grid's centre.
-    """
-    centre = []
-    for axis in range(3):
-        others = tuple(a for a in range(3) if a != axis)
-        occupied = valid.any(dim=others).to(torch.uint8)  # (n,)
-        n = occupied.shape[0]
-        lo = torch.argmax(occupied)  # first True (0 when none)
-        hi = n - torch.argmax(occupied.flip(0))  # one past the last True (n when none)
-        centre.append((lo + hi).to(torch.float32) / 2)
-    return torch.stack(centre)
+from grid_store.dataset import real_bounds
 
 
 def _wrap(yaw: torch.Tensor) -> torch.Tensor:
@@ -91,7 +77,9 @@ def rotate_scale(
 
     device = rgba.device
     X, Y, Z = valid.shape
-    centre = _real_centre(valid)  # (3,) float32 on the device
+    lo, hi = real_bounds(valid)  # (3,) each, on the device
+    whole = torch.tensor(valid.shape, device=device)
+    centre = torch.where(hi > lo, lo + hi, whole).to(torch.float32) / 2  # (3,)
     cos, sin = math.cos(angle_rad), math.sin(angle_rad)
 
     # Output sample points q = i + 0.5, relative to the centre, mapped back into the input.

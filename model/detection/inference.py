@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from model.detection.detector import DetectorConfig, HeadOutput, flatten_levels
 from model.detection.geometry import rotated_nms
 from model.detection.losses import decode_predictions, select_layout
 from model.detection.targets import LevelLayout
+from model.networks.detector import DetectorConfig, HeadOutput, flatten_levels
 
 
 @dataclass

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.detection.detector import HeadOutput, flatten_levels
 from model.detection.geometry import decode_obb, rotated_iou
 from model.detection.targets import FCOSTargets, LevelLayout
+from model.networks.detector import HeadOutput, flatten_levels
 
 LOSS_TERMS = ("loss", "loss_cls", "loss_reg", "loss_ctr")
 

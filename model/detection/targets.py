@@ -23,8 +23,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from model.detection.detector import level_locations
+from grid_store.dataset import real_extent
 from model.detection.geometry import encode_obb
+from model.networks.detector import level_locations
 
 
 @dataclass
@@ -50,16 +51,6 @@ def level_layout(
         stride_of.append(torch.full((len(loc),), float(stride), device=device))
         level_of.append(torch.full((len(loc),), level, dtype=torch.long, device=device))
     return LevelLayout(torch.cat(locations), torch.cat(stride_of), torch.cat(level_of))
-
-
-def real_extent(valid: Tensor) -> Tensor:
-    """``(X, Y, Z)`` bool real region (padding at the high end) -> ``(3,)`` float extent."""
-    extent = []
-    for axis in range(3):
-        along = valid.any(dim=tuple(a for a in range(3) if a != axis))
-        idx = torch.nonzero(along)
-        extent.append(float(idx.max()) + 1.0 if len(idx) else 0.0)
-    return torch.tensor(extent, device=valid.device)
 
 
 def location_mask(layout: LevelLayout, valid: Tensor) -> Tensor:
@@ -173,5 +164,4 @@ __all__ = [
     "centerness_target",
     "level_layout",
     "location_mask",
-    "real_extent",
 ]

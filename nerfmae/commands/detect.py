@@ -29,9 +29,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model.detection.export import write_boxes_json
-    from model.detection.pictures import save_box_views
-    from model.detection.predict import detect_scenes, load_detector
+    from model.inference.detection import detect_scenes, load_detector
+    from model.pictures.boxes import save_box_views
+    from pipeline.export_3d import write_boxes_json
 
     model = load_detector(args.checkpoint, args.device)
     found = next(detect_scenes(model, args.store, [args.scene_id], args.device))

@@ -25,7 +25,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from grid_store import GridStore
-    from model.detection.predict import evaluate_detector, load_detector
+    from model.inference.detection import evaluate_detector, load_detector
 
     model = load_detector(args.checkpoint, args.device)
     scenes = args.scene_ids or GridStore(args.store, mode="r").list_scenes()

@@ -45,7 +45,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from grid_store import SceneNotFoundError
-    from model.detection.export import export_scene, ply_element_counts, read_boxes_json
+    from pipeline.export_3d import export_scene, ply_element_counts, read_boxes_json
 
     try:
         written = export_scene(

@@ -1,0 +1,1 @@
+"""Trained networks applied to a store's scenes (outside a training run)."""

@@ -1,0 +1,134 @@
+"""A trained detector on a store's scenes: load the checkpoint, detect, evaluate.
+
+Used by ``nerfmae detect`` (one scene's boxes, in world units, to ``boxes.json``), by
+``nerfmae evaluate`` (AP25/AP50 and recalls over scenes, the same
+:class:`~model.metrics.detection.DetectionEvaluator` validation uses) and by the transfer
+benchmark. A grid is read as validation reads it (:class:`grid_store.dataset.GridDataset`,
+no augmentation, cropped from 0 where it exceeds the model's cube), so scores here equal
+the run's validation scores on the same scenes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from grid_store import GridStore
+from grid_store.boxes import voxel_to_world
+from grid_store.dataset import GridDataset
+from model.detection.inference import Detections, detect
+from model.detection.targets import level_layout, location_mask
+from model.metrics.detection import DetectionEvaluator
+from model.networks.detector import Detector, DetectorConfig
+from model.networks.mae import MAEConfig
+from model.training.checkpointing import load_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+def load_detector(path: str | Path, device: str | torch.device = "cpu") -> Detector:
+    """The detector of a ``nerfmae finetune detect`` checkpoint, in eval mode on ``device``.
+
+    Raises:
+        FileNotFoundError: no such checkpoint.
+        ValueError: a checkpoint of another task, or without the detector's config.
+    """
+    checkpoint = load_checkpoint(path)
+    task = checkpoint.get("task", "pretrain")
+    if task != "detect":
+        raise ValueError(
+            f"{path}: task: this is a {task!r} checkpoint; boxes come from a detection run's "
+            "checkpoint (RUN/checkpoints/latest.pt of `nerfmae finetune detect`)"
+        )
+    saved = dict(checkpoint.get("model_config") or {})
+    detector = saved.pop("detector", None)
+    saved.pop("network", None)
+    if detector is None:
+        raise ValueError(f"{path}: model_config.detector: missing; not a detector checkpoint")
+    model = Detector(MAEConfig(**saved), DetectorConfig(**detector))
+    model.load_state_dict(checkpoint["model"])
+    return model.to(device).eval()
+
+
+@dataclass
+class SceneDetections:
+    """One scene's detections and ground truth, in the grid's voxel coordinates and in world
+    units (``None`` where the scene stores no boxes)."""
+
+    scene_id: str
+    boxes: np.ndarray
+    """``(K, 7)`` voxel coordinates, best first."""
+    scores: np.ndarray
+    """``(K,)``."""
+    world_boxes: np.ndarray
+    """``(K, 7)`` world units (contract 1)."""
+    gt_boxes: np.ndarray | None
+    """``(N, 7)`` voxel coordinates, or None."""
+    rgba: torch.Tensor
+    """``(4, S, S, S)`` the model's input."""
+    valid: torch.Tensor
+    """``(S, S, S)`` its real region."""
+
+
+@torch.no_grad()
+def detect_scenes(
+    model: Detector, store_url: str, scene_ids: Sequence[str], device: str | torch.device = "cpu"
+) -> Iterator[SceneDetections]:
+    """Run ``model`` on each scene (one grid at a time), yielding its detections."""
+    store = GridStore(store_url, mode="r")
+    dataset = GridDataset(store_url, list(scene_ids), size=model.config.resolution)
+    layout = None
+    for index, scene_id in enumerate(dataset.scene_ids):
+        sample = dataset[index]
+        rgba = sample["rgba"][None].to(device)  # (1, 4, S, S, S)
+        valid = sample["valid"][None].to(device)  # (1, S, S, S)
+        output = model(rgba)
+        if layout is None:
+            layout = level_layout([tuple(m.shape[-3:]) for m in output.logits], model.strides,
+                                  rgba.device)  # fmt: skip
+        found: Detections = detect(output, layout, location_mask(layout, valid[0])[None],
+                                   model.detector)[0]  # fmt: skip
+        attrs = store.scene_attrs(scene_id)
+        boxes = found.boxes.cpu().numpy()
+        gt = sample.get("boxes")
+        yield SceneDetections(
+            scene_id=scene_id,
+            boxes=boxes,
+            scores=found.scores.cpu().numpy(),
+            world_boxes=voxel_to_world(boxes, np.asarray(attrs["bbox_min"]), attrs["voxel_size"]),
+            gt_boxes=None if gt is None else gt.numpy(),
+            rgba=sample["rgba"],
+            valid=sample["valid"],
+        )
+
+
+def evaluate_detector(
+    model: Detector,
+    store_url: str,
+    scene_ids: Sequence[str],
+    device: str | torch.device = "cpu",
+    picture_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """AP25/AP50, recalls and counts of ``model`` over ``scene_ids`` (all must store boxes);
+    with ``picture_dir``, each scene's boxes are drawn to ``<dir>/<scene>.png``."""
+    from model.pictures.boxes import save_box_views
+
+    evaluator = DetectionEvaluator()
+    for found in detect_scenes(model, store_url, scene_ids, device):
+        if found.gt_boxes is None:
+            raise ValueError(f"{store_url}: scene {found.scene_id!r} stores no boxes to score")
+        evaluator.add(found.scene_id, found.boxes, found.scores, found.gt_boxes)
+        if picture_dir is not None:
+            save_box_views(Path(picture_dir) / f"{found.scene_id}.png", found.rgba, found.valid,
+                           found.gt_boxes, found.boxes, found.scores,
+                           title=f"scene {found.scene_id}")  # fmt: skip
+    return evaluator.compute()
+
+
+__all__ = ["SceneDetections", "detect_scenes", "evaluate_detector", "load_detector"]

@@ -1,0 +1,209 @@
+"""NeRF-MAE: masked autoencoding of radiance grids with a 3D Swin encoder (SimMIM-style).
+
+Layout follows facebookresearch/mae's ``models_mae.py``: ``patchify`` / ``unpatchify``,
+``random_masking``, ``forward_encoder``, ``forward_decoder``, ``forward_loss``, ``forward``.
+Unlike MAE, no token is dropped: masked tokens are replaced by a learned mask token and the
+whole grid goes through the encoder, as in the NeRF-MAE reference code.
+
+Where the paper and the reference code disagree, :class:`MAEConfig` has a field whose default
+is the code's behaviour (the released checkpoints were trained with it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from einops import rearrange, repeat
+from torch import Tensor, nn
+
+from model.networks.decoder import UNETRDecoder
+from model.networks.encoder import EncoderFront
+
+
+@dataclass
+class MAEConfig:
+    """Architecture, masking and loss of one NeRF-MAE model (asdict-able for checkpoints)."""
+
+    resolution: int = 160
+    """Side of the padded cubic input grid in voxels; the positional embedding is sized for it."""
+    in_channels: int = 4
+    """Input channels per voxel: R, G, B, alpha."""
+    out_channels: int = 4
+    """Predicted channels per voxel: R, G, B (linear) and an alpha logit."""
+    patch_size: int = 4
+    """Side of the voxel patch embedded into one token."""
+    embed_dim: int = 96
+    """Width of the first encoder stage (doubles per stage); divisible by 6 (3D sin-cos)."""
+    depths: list[int] = field(default_factory=lambda: [2, 2, 18, 2])
+    """Swin blocks per stage."""
+    num_heads: list[int] = field(default_factory=lambda: [3, 6, 12, 24])
+    """Attention heads per stage."""
+    window: int = 4
+    """Attention window side in tokens; shifted blocks roll by ``window // 2``."""
+    mlp_ratio: float = 4.0
+    """MLP hidden width over block width."""
+    drop_path: float = 0.1
+    """Stochastic depth of the last block (linear from 0 over all blocks)."""
+    mask_ratio: float = 0.75
+    """Probability that a block of tokens is masked (the number masked is random)."""
+    mask_block: int = 4
+    """Side, in tokens, of the cubic blocks masked together (4 tokens = 16 voxels)."""
+    mask_per_sample: bool = False
+    """False (reference code): one mask for the whole batch. True: an independent mask per grid."""
+    alpha_threshold: float = 0.01
+    """Voxels with ground-truth alpha above this count as opaque for the colour loss."""
+    rgb_region: Literal["all_opaque", "masked_opaque"] = "all_opaque"
+    """Where the colour loss applies. "all_opaque" (code): every opaque voxel, visible or masked.
+    "masked_opaque" (the paper's masked-reconstruction reading): opaque voxels in masked blocks."""
+    rgb_weighting: Literal["gate", "alpha"] = "gate"
+    """How voxels weigh in the colour loss. "gate" (code): 1 for opaque voxels, normalised by their
+    count. "alpha" (the paper's "opacity-aware" formula, unverified): the opaque voxels' squared
+    error weighted by their ground-truth alpha, normalised by the sum of those alphas."""
+
+    def __post_init__(self) -> None:
+        stride = self.patch_size * 2 ** (len(self.depths) - 1)
+        if self.resolution % stride:
+            raise ValueError(f"MAEConfig.resolution={self.resolution} must be a multiple of "
+                             f"patch_size * 2**(stages-1) = {stride}")
+        if self.embed_dim % 6:
+            raise ValueError(f"MAEConfig.embed_dim={self.embed_dim} must be divisible by 6")
+        if len(self.depths) != 4 or len(self.num_heads) != 4:
+            raise ValueError(f"MAEConfig.depths={self.depths} / num_heads={self.num_heads}: "
+                             "the decoder needs exactly 4 stages")
+        if not 0.0 <= self.mask_ratio <= 1.0:
+            raise ValueError(f"MAEConfig.mask_ratio={self.mask_ratio} is not in [0, 1]")
+        if self.rgb_region not in ("all_opaque", "masked_opaque"):
+            raise ValueError(f"MAEConfig.rgb_region={self.rgb_region!r} is not one of "
+                             "'all_opaque', 'masked_opaque'")
+        if self.rgb_weighting not in ("gate", "alpha"):
+            raise ValueError(f"MAEConfig.rgb_weighting={self.rgb_weighting!r} is not one of "
+                             "'gate', 'alpha'")
+
+    @property
+    def token_grid(self) -> int:
+        """Side of the token grid of the first stage."""
+        return self.resolution // self.patch_size
+
+
+@dataclass
+class MAEOutput:
+    """What one training step needs from the model."""
+
+    loss: Tensor
+    """Scalar: ``loss_rgb + loss_alpha``."""
+    loss_rgb: Tensor
+    """Scalar colour loss (see :meth:`NeRFMAE.forward_loss`)."""
+    loss_alpha: Tensor
+    """Scalar alpha loss on masked blocks inside the valid region."""
+    pred: Tensor
+    """``(B, 4, S, S, S)``: RGB (linear) and the alpha logit per voxel."""
+    mask: Tensor
+    """``(B, S, S, S)`` bool: voxels of masked blocks (padding included)."""
+
+
+class NeRFMAE(EncoderFront):
+    """Masked autoencoder over padded RGBA grids ``(B, 4, S, S, S)`` with validity masks."""
+
+    def __init__(self, config: MAEConfig) -> None:
+        super().__init__(config)  # encoder, pos_embed
+        self.mask_token = nn.Parameter(torch.empty(config.embed_dim).normal_(std=0.02))
+        self.decoder = UNETRDecoder(self.encoder.dims, config.patch_size, config.out_channels)
+
+    def patchify(self, x: Tensor) -> Tensor:
+        """``(B, C, S, S, S)`` -> ``(B, T, T, T, p^3, C)`` (the reference's patch layout)."""
+        p = self.config.patch_size
+        return rearrange(x, "b c (d p) (h q) (w r) -> b d h w (p q r) c", p=p, q=p, r=p)
+
+    def unpatchify(self, x: Tensor) -> Tensor:
+        """``(B, T, T, T, p^3, C)`` -> ``(B, C, S, S, S)``."""
+        p = self.config.patch_size
+        return rearrange(x, "b d h w (p q r) c -> b c (d p) (h q) (w r)", p=p, q=p, r=p)
+
+    def random_masking(
+        self, batch: int, token_grid: tuple[int, int, int], generator: torch.Generator | None = None
+    ) -> Tensor:
+        """``(B, T, T, T)`` bool token mask: each ``mask_block^3`` block masked with prob ``p``.
+
+        Blocks are aligned at the origin; a partial block at the high end of an axis (only when the
+        token grid is not a multiple of ``mask_block``) is drawn like a whole one. With
+        ``mask_per_sample`` False every grid of the batch gets the same mask (reference code).
+        """
+        cfg = self.config
+        blocks = [-(-t // cfg.mask_block) for t in token_grid]
+        draws = batch if cfg.mask_per_sample else 1
+        device = self.mask_token.device
+        u = torch.rand((draws, *blocks), generator=generator, device=generator.device
+                       if generator is not None else device)
+        masked = (u < cfg.mask_ratio).to(device)  # (draws, nbD, nbH, nbW)
+        b = cfg.mask_block
+        masked = repeat(masked, "n d h w -> n (d i) (h j) (w k)", i=b, j=b, k=b)
+        masked = masked[:, : token_grid[0], : token_grid[1], : token_grid[2]]
+        return masked.expand(batch, -1, -1, -1)
+
+    def forward_encoder(self, rgba: Tensor, token_mask: Tensor) -> list[Tensor]:
+        """Embed, replace masked tokens (``(B, T, T, T)`` bool) by the mask token, encode.
+
+        The mask token replaces the token *after* the positional embedding was added, so masked
+        tokens carry no position (as in the reference).
+        """
+        tokens = self.embed_tokens(rgba)  # (B, T, T, T, C)
+        tokens = torch.where(token_mask[..., None], self.mask_token.to(tokens.dtype), tokens)
+        return self.encode(tokens)
+
+    def forward_decoder(self, feats: list[Tensor]) -> Tensor:
+        """Stage outputs -> ``(B, 4, S, S, S)`` prediction (RGB linear, alpha logit)."""
+        return self.decoder(feats)
+
+    def forward_loss(
+        self, rgba: Tensor, pred: Tensor, valid: Tensor, voxel_mask: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(loss, loss_rgb, loss_alpha)`` for targets ``(B, 4, S, S, S)`` and predictions.
+
+        With ``A = [alpha > alpha_threshold] * valid`` and ``R = valid * voxel_mask``, by default
+        (the reference code)::
+
+            loss_rgb   = sum_v A(v) * sum_k (pred_k(v) - rgb_k(v))^2 / sum_v A(v)
+            loss_alpha = sum_v R(v) * (sigmoid(pred_alpha(v)) - alpha(v))^2 / sum_v R(v)
+
+        The colour denominator counts voxels, not voxels x 3 channels. The code gates colour by
+        alpha alone; zero padding has alpha 0, so also requiring ``valid`` changes nothing there
+        and makes both terms blind to whatever the padding holds. ``rgb_region`` and
+        ``rgb_weighting`` select the paper's variants (see :class:`MAEConfig`). An empty region
+        gives a zero term, not NaN.
+        """
+        cfg = self.config
+        rgb, alpha = rgba[:, :3], rgba[:, 3]  # (B, 3, S, S, S), (B, S, S, S)
+        pred_rgb, pred_alpha = pred[:, :3], pred[:, 3]
+        valid = valid.to(torch.bool)
+
+        weight = (alpha > cfg.alpha_threshold) & valid  # (B, S, S, S)
+        if cfg.rgb_region == "masked_opaque":
+            weight = weight & voxel_mask
+        weight = weight.to(pred.dtype)
+        if cfg.rgb_weighting == "alpha":
+            weight = weight * alpha
+        sq_rgb = (pred_rgb - rgb).square().sum(dim=1)  # (B, S, S, S)
+        loss_rgb = (sq_rgb * weight).sum() / weight.sum().clamp_min(1e-12)
+
+        region = (valid & voxel_mask).to(pred.dtype)
+        sq_alpha = (torch.sigmoid(pred_alpha) - alpha).square()
+        loss_alpha = (sq_alpha * region).sum() / region.sum().clamp_min(1.0)
+        return loss_rgb + loss_alpha, loss_rgb, loss_alpha
+
+    def voxel_mask(self, token_mask: Tensor) -> Tensor:
+        """``(B, T, T, T)`` token mask -> ``(B, S, S, S)`` voxel mask."""
+        p = self.config.patch_size
+        return repeat(token_mask, "b d h w -> b (d i) (h j) (w k)", i=p, j=p, k=p)
+
+    def forward(
+        self, rgba: Tensor, valid: Tensor, generator: torch.Generator | None = None
+    ) -> MAEOutput:
+        """``rgba`` ``(B, 4, S, S, S)`` zero-padded grids, ``valid`` ``(B, S, S, S)`` bool."""
+        t = self.config.token_grid
+        token_mask = self.random_masking(rgba.shape[0], (t, t, t), generator)  # (B, T, T, T)
+        pred = self.forward_decoder(self.forward_encoder(rgba, token_mask))
+        voxel_mask = self.voxel_mask(token_mask)
+        loss, loss_rgb, loss_alpha = self.forward_loss(rgba, pred, valid, voxel_mask)
+        return MAEOutput(loss, loss_rgb, loss_alpha, pred, voxel_mask)

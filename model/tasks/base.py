@@ -1,0 +1,227 @@
+"""What the fine-tuning tasks share: their config fields, the labelled subset of the training
+scenes, and :class:`DenseTask`, the base of every task on a pretrained encoder.
+
+A fine-tuning run is a :class:`model.training.trainer.Trainer` run of one downstream task
+(:mod:`model.tasks.semantics`, :mod:`model.tasks.superres`, :mod:`model.tasks.detect`) on
+a :class:`model.networks.skip_net.SkipNet` (the detector:
+:class:`model.networks.detector.Detector`) whose carried weights come from a pretraining
+checkpoint (``pretrained``) or start random (``scratch``). Both are built from the same
+seed, so a pretrained run and a scratch run differ only in the tensors the checkpoint sets
+(the transfer report, in ``config.json`` and the summary, lists them).
+
+Labelled scenes: the store's split into training and validation scenes (as pretraining's,
+``val_fraction`` / ``val_scenes``), then ``train_scenes`` (an explicit list) and
+``label_fraction`` (the first ``ceil(f x n)`` training scenes in a fixed hash order, so
+smaller fractions are subsets of larger ones and every seed sees the same scenes).
+
+Defaults follow the reference's fine-tuning scripts (facts section 6.2-6.3): lr 3e-4,
+weight decay 1e-3, clip 0.1, batch 8, one-cycle, no augmentation; 1000 epochs is the
+reference's, far beyond a CPU: pass ``epochs`` / ``max_steps``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+from abc import abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from torch import nn
+
+from grid_store import GridStore
+from grid_store.dataset import GridDataset
+from model.networks.mae import MAEConfig
+from model.networks.presets import get_config, list_presets
+from model.training.config import TrainingConfig, json_ready, rank_by_hash
+from model.training.distributed import DistributedContext
+from model.training.task import Task
+from model.training.transfer import CARRIED_PREFIXES, load_pretrained
+
+logger = logging.getLogger(__name__)
+
+LABEL_ORDER_SALT = 104729
+"""Seed of the hash order labelled subsets are drawn in (fixed: the same for every run seed)."""
+
+
+@dataclass
+class FinetuneConfig(TrainingConfig):
+    """The fields every fine-tuning run has (each task's config adds its own); saved
+    resolved as ``RUN/config.json``."""
+
+    trajectory_fields: ClassVar[tuple[str, ...]] = (
+        *TrainingConfig.trajectory_fields, "pretrained", "scratch", "train_scenes",
+        "label_fraction", "allow_resolution_change", "freeze_pretrained",
+    )  # fmt: skip
+
+    pretrained: str | None = None
+    """Pretraining checkpoint (``RUN/checkpoints/latest.pt``) whose encoder starts the run."""
+    scratch: bool = False
+    """Start from random weights instead (exactly one of ``pretrained`` and ``scratch``)."""
+    allow_resolution_change: bool = False
+    """Accept a checkpoint pretrained at another input resolution (only the fixed sin-cos
+    positional table depends on it)."""
+    train_scenes: list[str] | None = None
+    """Train only on these scenes (``None``: every scene the split leaves for training)."""
+    label_fraction: float = 1.0
+    """Share of the training scenes whose labels are used (label-efficiency experiments)."""
+    freeze_pretrained: bool = False
+    """Train only the new parts and keep what the checkpoint sets (the encoder, and decoder
+    blocks 4-2 for the dense tasks) as initialised: a probe of what pretraining put there
+    (with ``scratch``, of random features)."""
+    preset: str = "swin_s"
+    epochs: int = 1000
+    batch_size: int = 8
+    lr: float = 3e-4
+    augment: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if bool(self.pretrained) == bool(self.scratch):
+            self.fail("pretrained", "give exactly one of a pretraining checkpoint and scratch")
+        if not 0.0 < self.label_fraction <= 1.0:
+            self.fail("label_fraction", "must be in (0, 1]")
+
+
+def labelled_subset(
+    train_scenes: Sequence[str], explicit: Sequence[str] | None, fraction: float
+) -> list[str]:
+    """The training scenes whose labels a run uses (sorted); see the module doc."""
+    scenes = sorted(train_scenes)
+    if explicit is not None:
+        outside = sorted(set(explicit) - set(scenes))
+        if outside:
+            raise ValueError(
+                f"train_scenes: {outside[:5]} are not training scenes of the store "
+                "(missing, or held out for validation)"
+            )
+        scenes = sorted(set(explicit))
+    if fraction < 1.0:
+        keep = max(1, math.ceil(fraction * len(scenes)))
+        scenes = sorted(rank_by_hash(scenes, LABEL_ORDER_SALT)[:keep])
+    return scenes
+
+
+class EncoderTask(Task):
+    """A task on a network of a registered preset (``self.mae_config``): its input size and
+    its variants at other presets and resolutions (for memory suggestions)."""
+
+    mae_config: MAEConfig
+
+    @property
+    def input_size(self) -> int:
+        return self.mae_config.resolution
+
+    def variant(self, *, preset: str | None = None, resolution: int | None = None) -> Task | None:
+        try:
+            config = (get_config(preset, resolution=self.mae_config.resolution) if preset
+                      else dataclasses.replace(self.mae_config, resolution=resolution))  # fmt: skip
+        except ValueError:
+            return None
+        other = copy.copy(self)
+        other.mae_config = config
+        return other
+
+    def smaller_resolutions(self) -> list[int]:
+        c = self.mae_config
+        stride = c.patch_size * 2 ** (len(c.depths) - 1)
+        return list(range(c.resolution - stride, stride - 1, -stride))
+
+    def other_presets(self) -> list[str]:
+        return [name for name in list_presets() if name != self.config.preset]
+
+
+class DenseTask(EncoderTask):
+    """A task on an encoder network (a :class:`~model.networks.skip_net.SkipNet`, the
+    detector): builds the network for the run's preset and resolution and starts it from the
+    checkpoint (the tensors of :attr:`carried_prefixes`) or from scratch."""
+
+    carried_prefixes: ClassVar[dict[str, str]] = CARRIED_PREFIXES
+    """Checkpoint prefix -> network prefix of what pretraining sets (and
+    ``freeze_pretrained`` freezes)."""
+
+    def __init__(self, config: FinetuneConfig, ctx: DistributedContext) -> None:
+        self.config = config
+        self.ctx = ctx
+        overrides = dict(config.model_overrides)
+        if config.resolution is not None:
+            overrides["resolution"] = config.resolution
+        self.mae_config = get_config(config.preset, **overrides)  # validates before data work
+        if config.pretrained and not Path(config.pretrained).is_file():
+            raise FileNotFoundError(f"{config.pretrained}: pretrained: no such checkpoint")
+        self.store = GridStore(config.store_url, mode="r")
+        self.transfer: dict[str, Any] | None = None
+        self.labelled_scenes: list[str] = []
+
+    def grid_datasets(self, train_scenes, val_scenes) -> tuple[GridDataset, GridDataset | None]:
+        """The labelled training scenes (``self.labelled_scenes``, see :func:`labelled_subset`)
+        and the validation scenes as :class:`GridDataset` s (labels and boxes travel with the
+        grids; only training is augmented)."""
+        c = self.config
+        self.labelled_scenes = labelled_subset(train_scenes, c.train_scenes, c.label_fraction)
+        train = GridDataset(c.store_url, self.labelled_scenes, size=self.input_size,
+                            crop=c.crop, augment=c.augment, seed=c.seed)  # fmt: skip
+        val = GridDataset(c.store_url, val_scenes, size=self.input_size) if val_scenes else None
+        return train, val
+
+    @abstractmethod
+    def make_network(self) -> nn.Module:
+        """The task's network for ``self.mae_config``, randomly initialised."""
+
+    def build_model(self) -> nn.Module:
+        model = self.make_network()
+        if self.config.pretrained:
+            report = load_pretrained(
+                model, self.config.pretrained,
+                allow_resolution_change=self.config.allow_resolution_change,
+                prefixes=self.carried_prefixes,
+            )  # fmt: skip
+            logger.info("initialised from %s", report.summary())
+            self.transfer = {"summary": report.summary(), "loaded": len(report.loaded),
+                             "fresh": report.fresh, "dropped": report.dropped,
+                             "pretrain_step": report.step}  # fmt: skip
+        self.freeze(model)
+        return model
+
+    def freeze(self, model: nn.Module) -> None:
+        if self.config.freeze_pretrained:
+            for name, parameter in model.named_parameters():
+                if name.startswith(tuple(self.carried_prefixes.values())):
+                    parameter.requires_grad_(False)
+
+    def model_config(self) -> dict[str, Any]:
+        return json_ready({**dataclasses.asdict(self.mae_config), "network": self.name})
+
+    def run_info(self) -> dict[str, Any]:
+        return {
+            "init": "pretrained" if self.config.pretrained else "scratch",
+            "pretrained": self.config.pretrained,
+            "transfer": self.transfer,
+            "labelled_scenes": len(self.labelled_scenes),
+        }
+
+    @classmethod
+    def report_rows(cls, summary: dict[str, Any]) -> list[tuple[str, Any]]:
+        transfer = summary.get("transfer") or {}
+        return [
+            ("init", summary.get("init")),
+            ("transfer", transfer.get("summary", "none (from scratch)")),
+            ("train loss", summary.get("train_loss")),
+            ("val loss", summary.get("val_loss")),
+            *cls.task_rows(summary),
+        ]
+
+    @classmethod
+    @abstractmethod
+    def task_rows(cls, summary: dict[str, Any]) -> list[tuple[str, Any]]:
+        """The task's own figures in its report (after the initialisation and loss rows)."""
+
+    @classmethod
+    def scene_row(cls, summary: dict[str, Any]) -> tuple[str, Any]:
+        return ("scenes (train / labelled / val)",
+                f"{summary.get('train_scenes')} / {summary.get('labelled_scenes')} / "
+                f"{summary.get('val_scenes')}")  # fmt: skip

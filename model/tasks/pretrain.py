@@ -1,0 +1,183 @@
+"""NeRF-MAE pretraining: the masked-autoencoding task on the shared training engine.
+
+Schedule (facts section 5, ``run_swin_mae3d.py``): AdamW (lr 1e-4, weight decay 1e-3 on
+every parameter), ``OneCycleLR`` over ``epochs x steps_per_epoch`` optimiser steps
+(pct_start 0.3, cosine, beta1 cycled 0.95 -> 0.85 -> 0.95), gradient clipping at norm
+0.1, a global batch of 32 split over ranks (and over accumulation steps). Unlike the
+reference (fp32), CUDA runs use bf16 autocast. The loop, checkpoints, logs and the run
+folder are :mod:`model.training`'s; reconstruction pictures go to ``RUN/recon/``.
+
+Masks: the model draws its block mask from a generator the task owns and the engine
+checkpoints (one per rank). All micro-batches of one optimiser step reuse the same mask,
+as the reference uses one mask for the whole batch, so accumulating ``k`` micro-batches is
+the same update as one batch ``k`` times larger, up to the loss being a ratio per
+micro-batch (exact when the micro-batches have equal opaque and masked voxel counts). With
+the model's ``mask_per_sample`` the i-th grid of every micro-batch shares a mask.
+Validation uses a fixed-seed generator, restarted for every pass, so every evaluation
+scores the same masks.
+
+Command line: ``nerfmae pretrain`` or, one rank of ``torchrun``, ``python -m model.pretrain
+--store URL --out RUN [--field value ...]`` (every :class:`PretrainConfig` field is a flag).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from grid_store.dataset import GridDataset
+from model.metrics.reconstruction import ReconstructionMetrics
+from model.networks.presets import build_mae, get_config
+from model.pictures.reconstruction import save_reconstruction
+from model.tasks.base import EncoderTask
+from model.training.config import TrainingConfig, json_ready
+from model.training.distributed import DistributedContext
+from model.training.steps import accumulate_task_gradients, autocast
+from model.training.task import Batch
+from model.training.trainer import run_task
+from model.training.validation import BatchMetric
+
+LOSS_TERMS = ("loss", "loss_rgb", "loss_alpha")
+VALIDATION_SEED_OFFSET = 7919
+"""Validation masks come from a generator seeded ``seed + VALIDATION_SEED_OFFSET``."""
+
+
+@dataclass
+class PretrainConfig(TrainingConfig):
+    """Everything a pretraining run needs (the paper's schedule by default); saved
+    resolved as ``RUN/config.json``. See :class:`model.training.config.TrainingConfig`."""
+
+    task = "pretrain"
+
+
+def mae_losses(
+    model: nn.Module, batch: Batch, device: torch.device, generator: torch.Generator | None
+) -> dict[str, torch.Tensor]:
+    """The MAE's loss terms on one micro-batch (``rgba`` ``(B, 4, S, S, S)``, ``valid``)."""
+    rgba = batch["rgba"].to(device, non_blocking=True)  # (b, 4, S, S, S)
+    valid = batch["valid"].to(device, non_blocking=True)  # (b, S, S, S)
+    out = model(rgba, valid, generator=generator)
+    return {"loss": out.loss, "loss_rgb": out.loss_rgb, "loss_alpha": out.loss_alpha}
+
+
+def accumulate_gradients(
+    model: nn.Module,
+    micro_batches: Sequence[Batch],
+    mask_generator: torch.Generator | None,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Forward and backward of the MAE over the micro-batches of one optimiser step, all
+    with one mask (``mask_generator`` restarted per micro-batch).
+
+    Returns:
+        ``(3,)`` detached mean of ``(loss, loss_rgb, loss_alpha)`` over the micro-batches.
+    """
+    shared = {"mask": mask_generator} if mask_generator is not None else {}
+
+    def losses(m: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        return mae_losses(m, batch, device, mask_generator)
+
+    return accumulate_task_gradients(model, micro_batches, losses, LOSS_TERMS, device,
+                                     amp_dtype, shared)  # fmt: skip
+
+
+def _feed_reconstruction(metrics: ReconstructionMetrics, batch: Batch, p: dict) -> None:
+    metrics.update(p["pred"], p["rgba"], p["mask"], p["valid"])
+
+
+class MAETask(EncoderTask):
+    """Masked autoencoding of the store's grids (no labels needed)."""
+
+    name = "pretrain"
+    config_class = PretrainConfig
+    description = "pretrain the 3D Swin MAE on a grid store (self-supervised, no labels)"
+    loss_terms = LOSS_TERMS
+    val_keys = ("psnr", "alpha_mse", "loss")
+    picture_dir = "recon"
+    shared_per_step = ("mask",)
+
+    def __init__(self, config: PretrainConfig, ctx: DistributedContext) -> None:
+        self.config = config
+        overrides = dict(config.model_overrides)
+        if config.resolution is not None:
+            overrides["resolution"] = config.resolution
+        self.mae_config = get_config(config.preset, **overrides)  # validates before data work
+        self.mask_generator = torch.Generator(device=ctx.device).manual_seed(
+            config.seed * 1_000_003 + ctx.rank
+        )
+        self.val_generator = torch.Generator(device=ctx.device)
+
+    def datasets(self, train_scenes, val_scenes):
+        c, s = self.config, self.input_size
+        train = GridDataset(c.store_url, train_scenes, size=s, crop=c.crop, augment=c.augment,
+                            seed=c.seed)  # fmt: skip
+        val = GridDataset(c.store_url, val_scenes, size=s) if val_scenes else None
+        return train, val
+
+    def make_network(self) -> nn.Module:
+        return build_mae(self.mae_config)
+
+    def model_config(self) -> dict[str, Any]:
+        return json_ready(dataclasses.asdict(self.mae_config))
+
+    def step_generators(self) -> dict[str, torch.Generator]:
+        return {"mask": self.mask_generator}
+
+    def losses(self, model, batch, device):
+        return mae_losses(model, batch, device, self.mask_generator)
+
+    def memory_probe(self, model, batch):
+        # The run's mask generator must not advance: the probe draws from the global one.
+        return mae_losses(model, batch, torch.device("meta"), None)
+
+    def begin_validation(self) -> None:
+        self.val_generator.manual_seed(self.config.seed + VALIDATION_SEED_OFFSET)
+
+    def predict(self, model, batch, device, amp_dtype):
+        rgba = batch["rgba"].to(device)  # (B, 4, S, S, S)
+        valid = batch["valid"].to(device)  # (B, S, S, S)
+        with autocast(device, amp_dtype):
+            out = model(rgba, valid, generator=self.val_generator)
+        return {"rgba": rgba, "valid": valid, "pred": out.pred.float(), "mask": out.mask,
+                "losses": {"loss": out.loss.float()}}  # fmt: skip
+
+    def metric(self) -> BatchMetric:
+        return BatchMetric(ReconstructionMetrics(), _feed_reconstruction)
+
+    def draw(self, path: Path, batch: Batch, prediction: dict, title: str) -> Path:
+        p = prediction
+        return save_reconstruction(path, p["rgba"][0], p["valid"][0], p["pred"][0],
+                                   p["mask"][0], title=title)  # fmt: skip
+
+    @classmethod
+    def report_rows(cls, summary: dict[str, Any]) -> list[tuple[str, Any]]:
+        def fmt(value: Any) -> str:
+            return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+        return [
+            ("train loss", summary.get("train_loss")),
+            ("train loss (rgb / alpha)",
+             f"{fmt(summary.get('train_loss_rgb'))} / {fmt(summary.get('train_loss_alpha'))}"),
+            ("val loss", summary.get("val_loss")),
+            ("val PSNR (dB)", summary.get("val_psnr")),
+            ("val alpha MSE", summary.get("val_alpha_mse")),
+        ]  # fmt: skip
+
+    @classmethod
+    def headline(cls, summary: dict[str, Any]) -> str:
+        return f"val PSNR {summary.get('val_psnr')} dB, pictures {summary.get('recon_png')}"
+
+
+def pretrain(config: PretrainConfig) -> dict[str, Any]:
+    """Pretrain the MAE on the store's grids; returns the summary (also ``RUN/metrics.json``).
+
+    Under ``torchrun`` every rank calls this; rank 0 writes the run folder.
+    """
+    return run_task(config, MAETask)
