@@ -33,9 +33,7 @@ The detect run's checkpoint (``RUN/checkpoints/latest.pt``) then feeds ``nerfmae
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -45,7 +43,13 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.run_logs import with_library_logs
-from flows.training_runs import new_run_dir, report_markdown, run_training
+from flows.training_runs import (
+    flow_arg_parser,
+    report_markdown,
+    run_fields,
+    run_flow_command,
+    run_training,
+)
 
 FINETUNE_ARTIFACT_KEY = "finetune-report"
 # model.tasks.FINETUNE_TASKS, spelled out so that parsing the command line does not
@@ -146,21 +150,10 @@ def finetune_nerfmae(
         _fpn_overrides(task, fpn_channels, options)
     if target_store is not None:
         options["target_store_url"] = target_store
-    if out_dir is None:
-        out_dir = str(new_run_dir(runs_dir))
-        get_run_logger().info("run folder %s", out_dir)
-    config = {
-        "store_url": store,
-        "out_dir": out_dir,
-        "pretrained": pretrained,
-        "scratch": scratch,
-        "preset": preset,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "resolution": resolution,
-        "label_fraction": label_fraction,
-        **options,
-    }
+    config = run_fields(store, out_dir, runs_dir, get_run_logger(), pretrained=pretrained,
+                        scratch=scratch, preset=preset, epochs=epochs, batch_size=batch_size,
+                        resolution=resolution, label_fraction=label_fraction,
+                        **options)  # fmt: skip
     summary = run_finetuning(task, config, nproc_per_node)
     create_markdown_artifact(
         key=FINETUNE_ARTIFACT_KEY,
@@ -180,48 +173,17 @@ def finetune_nerfmae(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--store", required=True)
+    parser = flow_arg_parser(__doc__.split("\n\n")[0], "runs/finetune", "the task's config")
     parser.add_argument("--task", choices=TASKS, default="semantics")
     init = parser.add_mutually_exclusive_group(required=True)
     init.add_argument("--pretrained", help="pretraining checkpoint (RUN/checkpoints/latest.pt)")
     init.add_argument("--scratch", action="store_true", help="start from random weights")
-    out = parser.add_mutually_exclusive_group()
-    out.add_argument("--out", help="run folder (default: a new dated folder under --runs-dir)")
-    out.add_argument("--runs-dir", default="runs/finetune", help="parent of dated run folders")
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--resolution", type=int)
     parser.add_argument("--target-store", help="superres: store of the higher-resolution grids")
     parser.add_argument("--label-fraction", type=float, default=1.0)
-    parser.add_argument("--nproc-per-node", type=int, default=1)
     parser.add_argument(
         "--fpn-channels", type=int, help="detect: FPN and head width (default 256; 64 on a CPU)"
     )
-    parser.add_argument(
-        "--options", type=json.loads, default={}, help="JSON object of FinetuneConfig fields"
-    )
-    args = parser.parse_args(argv)
-    summary = finetune_nerfmae(
-        store=args.store,
-        task=args.task,
-        pretrained=args.pretrained,
-        scratch=args.scratch,
-        out_dir=args.out,
-        runs_dir=args.runs_dir,
-        preset=args.preset,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        resolution=args.resolution,
-        target_store=args.target_store,
-        label_fraction=args.label_fraction,
-        nproc_per_node=args.nproc_per_node,
-        fpn_channels=args.fpn_channels,
-        options=args.options,
-    )
-    print(json.dumps(summary, indent=2))
-    return 0
+    return run_flow_command(finetune_nerfmae, parser, argv)
 
 
 if __name__ == "__main__":

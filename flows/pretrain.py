@@ -14,8 +14,6 @@ From the shell::
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from typing import Any
 
@@ -24,7 +22,13 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.run_logs import with_library_logs
-from flows.training_runs import new_run_dir, report_markdown, run_training
+from flows.training_runs import (
+    flow_arg_parser,
+    report_markdown,
+    run_fields,
+    run_flow_command,
+    run_training,
+)
 
 PRETRAIN_ARTIFACT_KEY = "pretrain-report"
 
@@ -66,18 +70,9 @@ def pretrain_mae(
         options: any other ``model.tasks.pretrain.PretrainConfig`` field (``lr``,
             ``max_steps``...).
     """
-    if out_dir is None:
-        out_dir = str(new_run_dir(runs_dir))
-        get_run_logger().info("run folder %s", out_dir)
-    config = {
-        "store_url": store,
-        "out_dir": out_dir,
-        "preset": preset,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "resolution": resolution,
-        **(options or {}),
-    }
+    config = run_fields(store, out_dir, runs_dir, get_run_logger(), preset=preset, epochs=epochs,
+                        batch_size=batch_size, resolution=resolution,
+                        **(options or {}))  # fmt: skip
     summary = run_pretraining(config, nproc_per_node)
     create_markdown_artifact(
         key=PRETRAIN_ARTIFACT_KEY,
@@ -94,33 +89,8 @@ def pretrain_mae(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--store", required=True)
-    out = parser.add_mutually_exclusive_group()
-    out.add_argument("--out", help="run folder (default: a new dated folder under --runs-dir)")
-    out.add_argument("--runs-dir", default="runs/pretrain-mae", help="parent of dated run folders")
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--resolution", type=int)
-    parser.add_argument("--nproc-per-node", type=int, default=1)
-    parser.add_argument(
-        "--options", type=json.loads, default={}, help="JSON object of PretrainConfig fields"
-    )
-    args = parser.parse_args(argv)
-    summary = pretrain_mae(
-        store=args.store,
-        out_dir=args.out,
-        runs_dir=args.runs_dir,
-        preset=args.preset,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        resolution=args.resolution,
-        nproc_per_node=args.nproc_per_node,
-        options=args.options,
-    )
-    print(json.dumps(summary, indent=2))
-    return 0
+    parser = flow_arg_parser(__doc__.split("\n\n")[0], "runs/pretrain-mae", "PretrainConfig")
+    return run_flow_command(pretrain_mae, parser, argv)
 
 
 if __name__ == "__main__":

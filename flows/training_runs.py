@@ -13,6 +13,7 @@ Reports: the rows and tables of a run's figures come from its task
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -60,6 +61,32 @@ def run_training(config: Any, nproc_per_node: int, logger) -> dict[str, Any]:
     return json.loads(metrics_path.read_text())
 
 
+def flow_arg_parser(description: str, runs_dir: str, config_name: str) -> argparse.ArgumentParser:
+    """The flags a training flow's command line shares; each is the flow parameter of its
+    name (``--out`` sets ``out_dir``)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--store", required=True)
+    out = parser.add_mutually_exclusive_group()
+    out.add_argument("--out", dest="out_dir",
+                     help="run folder (default: a new dated folder under --runs-dir)")  # fmt: skip
+    out.add_argument("--runs-dir", default=runs_dir, help="parent of dated run folders")
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--resolution", type=int)
+    parser.add_argument("--nproc-per-node", type=int, default=1)
+    parser.add_argument("--options", type=json.loads, default={},
+                        help=f"JSON object of {config_name} fields")  # fmt: skip
+    return parser
+
+
+def run_flow_command(flow_fn, parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Parse the flow's command line, run the flow with it, print the summary."""
+    summary = flow_fn(**vars(parser.parse_args(argv)))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _cell(value: Any) -> str:
     text = f"{value:.4g}" if isinstance(value, float) else str(value)
     return text.replace("|", "\\|")  # a table cell (class names, paths) must not split
@@ -101,6 +128,15 @@ def report_markdown(summary: dict[str, Any], store: str, title: str) -> str:
         if summary.get(key):
             lines.append(f"- {label}: `{summary[key]}`")
     return "\n".join(lines) + "\n"
+
+
+def run_fields(store: str, out_dir: str | None, runs_dir: str, logger, **fields: Any) -> dict:
+    """The config fields of a training flow's run: the store, the run folder (a new dated one
+    under ``runs_dir`` when ``out_dir`` is None) and ``fields``."""
+    if out_dir is None:
+        out_dir = str(new_run_dir(runs_dir))
+        logger.info("run folder %s", out_dir)
+    return {"store_url": store, "out_dir": out_dir, **fields}
 
 
 def new_run_dir(runs_dir: str | os.PathLike, now: time.struct_time | None = None) -> Path:

@@ -18,6 +18,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+QUIET_RUN = {
+    "num_workers": 0,
+    "device": "cpu",
+    "val_fraction": 0.25,
+    "log_every": 5,
+    "eval_every": 1000,
+    "checkpoint_every": 1000,
+}
+"""Options of the demo's pretraining and fine-tuning: the CPU, few logs, one validation."""
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -87,14 +97,7 @@ def run_pipeline(nerfmae_pipeline, args: argparse.Namespace) -> dict[str, Any]:
             "epochs": args.epochs,
             "batch_size": 2,
             "resolution": 32,
-            "options": {
-                "num_workers": 0,
-                "device": "cpu",
-                "val_fraction": 0.25,
-                "log_every": 5,
-                "eval_every": 1000,
-                "checkpoint_every": 1000,
-            },
+            "options": QUIET_RUN,
         },
         finetuning={
             "task": "semantics",
@@ -103,13 +106,8 @@ def run_pipeline(nerfmae_pipeline, args: argparse.Namespace) -> dict[str, Any]:
             "batch_size": 2,
             "resolution": 32,
             "options": {
-                "num_workers": 0,
-                "device": "cpu",
-                "val_fraction": 0.25,
+                **QUIET_RUN,
                 "augment": True,  # two labelled rooms: rotations and flips are free data
-                "log_every": 5,
-                "eval_every": 1000,
-                "checkpoint_every": 1000,
             },
         },
     )

@@ -519,7 +519,7 @@ def test_pretrain_flow_without_out_dir_never_reuses_a_run_folder(prefect_api, sc
 
 
 def test_new_run_dir_names_by_time_and_never_collides(tmp_path):
-    from flows.pretrain import new_run_dir
+    from flows.training_runs import new_run_dir
 
     now = time.strptime("2026-12-02 11:30:05", "%Y-%m-%d %H:%M:%S")
     made = [new_run_dir(tmp_path / "runs", now) for _ in range(3)]

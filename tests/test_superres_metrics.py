@@ -57,3 +57,22 @@ def test_shapes_are_checked_and_nothing_scored_is_nan():
     metric.update(torch.zeros(1, 4, 2, 2, 2), torch.zeros(1, 4, 2, 2, 2))  # all empty
     assert math.isnan(metric.compute()["psnr"])
     assert float(superres_loss(torch.zeros(1, 4, 2, 2, 2), torch.zeros(1, 4, 2, 2, 2))) == 0.0
+
+
+def test_a_perfect_prediction_is_infinite_psnr_and_ranks_merge_to_the_whole_set():
+    target = target_grid(occupied=3)
+    perfect = PooledColourPSNR()
+    perfect.update(target.clone(), target)
+    assert perfect.compute()["psnr"] == math.inf and perfect.compute()["mse"] == 0.0
+
+    # two ranks' shares merged (what the trainer does under DDP) = one pass over both batches
+    t1, t2 = target_grid(occupied=4), target_grid(occupied=1)
+    p1, p2 = t1 + 0.1, t2 + 0.2
+    whole, rank0, rank1 = PooledColourPSNR(), PooledColourPSNR(), PooledColourPSNR()
+    for metric, batches in ((whole, [(p1, t1), (p2, t2)]), (rank0, [(p1, t1)]),
+                            (rank1, [(p2, t2)])):  # fmt: skip
+        for pred, target in batches:
+            metric.update(pred, target)
+    rank0.merge(rank1.state_dict())
+    assert rank0.compute() == pytest.approx(whole.compute())
+    assert rank0.compute()["mean_batch_psnr"] != pytest.approx(rank1.compute()["psnr"])

@@ -20,7 +20,8 @@ def pretraining_checkpoint(tmp_path, config) -> tuple[torch.nn.Module, str]:
     optimizer = torch.optim.AdamW(mae.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     checkpoint = make_checkpoint(
-        mae, optimizer, scheduler, DataPosition(7, 1, 2), [], {}, dataclasses.asdict(config)
+        mae, optimizer, scheduler, DataPosition(7, 1, 2), [], {}, dataclasses.asdict(config),
+        task="pretrain",
     )
     return mae, str(save_checkpoint(checkpoint, tmp_path / "ckpt"))
 

@@ -9,7 +9,8 @@ as direct children, so each network's state dict names them ``encoder.*`` and
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Protocol
 
 from torch import Tensor, nn
 
@@ -17,11 +18,25 @@ from model.networks.decoder import CL3D
 from model.networks.pos_embed import sincos_3d
 from model.networks.swin3d import SwinTransformer3D
 
-if TYPE_CHECKING:
-    from model.networks.mae import MAEConfig
+
+class Architecture(Protocol):
+    """What the encoder front reads of a config (:class:`model.networks.mae.MAEConfig` is one)."""
+
+    resolution: int
+    in_channels: int
+    patch_size: int
+    embed_dim: int
+    depths: Sequence[int]
+    num_heads: Sequence[int]
+    window: int
+    mlp_ratio: float
+    drop_path: float
+
+    @property
+    def token_grid(self) -> int: ...
 
 
-def build_encoder(config: MAEConfig) -> SwinTransformer3D:
+def build_encoder(config: Architecture) -> SwinTransformer3D:
     """The Swin encoder ``config`` describes."""
     return SwinTransformer3D(
         in_channels=config.in_channels,
@@ -35,13 +50,13 @@ def build_encoder(config: MAEConfig) -> SwinTransformer3D:
     )
 
 
-def frozen_pos_embed(config: MAEConfig) -> nn.Parameter:
+def frozen_pos_embed(config: Architecture) -> nn.Parameter:
     """The fixed sin-cos positional table ``(1, T, T, T, C)`` of ``config``'s resolution: a
     frozen Parameter (not a buffer) so that parameter counts match the reference's."""
     return nn.Parameter(sincos_3d(config.token_grid, config.embed_dim), requires_grad=False)
 
 
-def check_input_grid(rgba: Tensor, config: MAEConfig) -> None:
+def check_input_grid(rgba: Tensor, config: Architecture) -> None:
     """Refuse an input that is not ``(B, in_channels, S, S, S)`` at ``config.resolution``."""
     s = config.resolution
     if rgba.ndim != 5 or tuple(rgba.shape[1:]) != (config.in_channels, s, s, s):
@@ -59,7 +74,7 @@ class EncoderFront(nn.Module):
             other than the MAE ignore its masking and loss fields).
     """
 
-    def __init__(self, config: MAEConfig) -> None:
+    def __init__(self, config: Architecture) -> None:
         super().__init__()
         self.config = config
         self.encoder = build_encoder(config)

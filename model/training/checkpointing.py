@@ -107,10 +107,11 @@ def make_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     position: DataPosition,
     rng_per_rank: list[dict[str, Any]],
-    task: str,
     config: dict[str, Any],
     model_config: dict[str, Any],
     metrics: dict[str, Any] | None = None,
+    *,
+    task: str,
 ) -> dict[str, Any]:
     """The checkpoint dict.
 

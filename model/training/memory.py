@@ -7,8 +7,11 @@ The estimate adds up what a training step holds at its peak:
 - **activations**: what the forward pass keeps for the backward pass, counted exactly by
   running the task's network on ``meta`` tensors (no memory, no data) with a saved-tensor
   hook (:func:`saved_activation_bytes`: each storage once, the weights and the input left
-  out), times :data:`ACTIVATION_FACTOR` for the backward pass's own buffers; under bf16
-  autocast the floating-point ones count at half their fp32 size;
+  out), times :data:`ACTIVATION_FACTOR`; under bf16 autocast the floating-point ones count
+  at half their fp32 size;
+- **workspace**: the backward pass's transient buffers (gradients of full-resolution
+  activations, convolution scratch), :data:`WORKSPACE_FLOATS` floats per input voxel of the
+  micro-batch;
 - **batches in flight**: the step's micro-batch and, per DataLoader worker, the batches it
   prefetches (``prefetch_factor`` 2) in shared memory, plus each worker's own process;
 - **the runtime**: the Python process with torch and the data libraries loaded.
@@ -40,11 +43,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 GIB = 2**30
-ACTIVATION_FACTOR = 1.0
+ACTIVATION_FACTOR = 1.1
 """Peak activation memory over the bytes the forward pass saves for the backward pass."""
-RUNTIME_BYTES = int(0.6 * GIB)
+WORKSPACE_FLOATS = 64
+"""Transient float32 values per input voxel of a micro-batch at the peak of the backward."""
+RUNTIME_BYTES = int(0.35 * GIB)
 """The training process with torch, zarr, dask and TensorBoard loaded, before the run."""
-WORKER_BYTES = int(0.3 * GIB)
+WORKER_BYTES = int(0.15 * GIB)
 """One DataLoader worker process beyond the batches it holds."""
 PREFETCH_FACTOR = 2
 """Batches each DataLoader worker prepares ahead (torch's default)."""
@@ -59,13 +64,17 @@ class MemoryEstimate:
     parameters: int
     optimizer: int
     activations: int
+    workspace: int
     batches: int
     runtime: int
     device: str
+    saved_activations: int
+    """What the forward pass saves (before :data:`ACTIVATION_FACTOR`)."""
 
     @property
     def total(self) -> int:
-        return self.parameters + self.optimizer + self.activations + self.batches + self.runtime
+        return (self.parameters + self.optimizer + self.activations + self.workspace
+                + self.batches + self.runtime)  # fmt: skip
 
     def as_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "total": self.total,
@@ -136,9 +145,11 @@ def estimate_training_memory(
         parameters=4 * total,
         optimizer=12 * trainable,
         activations=int(ACTIVATION_FACTOR * activations),
+        workspace=4 * WORKSPACE_FLOATS * micro_batch * task.input_size**3,
         batches=in_flight,
         runtime=RUNTIME_BYTES + WORKER_BYTES * num_workers if not on_gpu else 0,
         device=device.type,
+        saved_activations=activations,
     )
 
 

@@ -209,7 +209,7 @@ class Trainer:
         }  # fmt: skip
 
     # ------------------------------------------------------------------ train loop
-    def _batches(self) -> Iterator[list[Batch]]:
+    def batches(self) -> Iterator[list[Batch]]:
         """The micro-batches of each optimiser step from the current position on."""
         accum = self.config.grad_accum_steps
         epoch, start = self.position.epoch, self.position.step_in_epoch
@@ -282,7 +282,7 @@ class Trainer:
 
         progress = tqdm(total=self.stop_step, initial=self.position.step, desc=task.name,
                         unit="step", disable=not ctx.is_main, dynamic_ncols=True)  # fmt: skip
-        batches = self._batches()
+        batches = self.batches()
         while self.position.step < self.stop_step:
             tic = time.perf_counter()
             terms = accumulate_task_gradients(
