@@ -32,8 +32,9 @@ def store_url(tmp_path_factory) -> str:
     rng = np.random.default_rng(0)
     for i in range(3):
         rgba = rng.random((4, 24, 20, 16)).astype(np.float32)
-        store.write_grid(f"s{i}", RadianceGrid(rgba=rgba, bbox_min=np.zeros(3),
-                         bbox_max=np.array([2.3, 1.9, 1.5]), voxel_size=0.1, delta=0.1))  # fmt: skip
+        grid = RadianceGrid(rgba=rgba, bbox_min=np.zeros(3), bbox_max=np.array([2.3, 1.9, 1.5]),
+                            voxel_size=0.1, delta=0.1)  # fmt: skip
+        store.write_grid(f"s{i}", grid)
     return url
 
 
@@ -48,8 +49,8 @@ def test_saved_bytes_count_each_storage_once_without_weights_or_input():
 
 
 def _config(store_url, out, **changes) -> PretrainConfig:
-    fields = dict(store_url=store_url, out_dir=str(out), preset="tiny", resolution=32,
-                  epochs=1, batch_size=2, num_workers=0, val_scenes=["s2"], log_every=1)  # fmt: skip
+    fields = dict(store_url=store_url, out_dir=str(out), preset="tiny", resolution=32, epochs=1,
+                  batch_size=2, num_workers=0, val_scenes=["s2"], log_every=1)  # fmt: skip
     return PretrainConfig(**{**fields, **changes})
 
 
@@ -71,8 +72,10 @@ def test_exact_parts_of_the_estimate(store_url, tmp_path):
 def test_the_probe_leaves_the_run_unchanged(store_url, tmp_path):
     checked = pretrain(_config(store_url, tmp_path / "a", max_steps=2))
     unchecked = pretrain(_config(store_url, tmp_path / "b", max_steps=2, check_memory=False))
-    logs = [[{k: r[k] for k in ("loss", "grad_norm")} for r in map(json.loads, (
-        tmp_path / run / "train_log.jsonl").read_text().splitlines())] for run in ("a", "b")]  # fmt: skip
+    logs = []
+    for run in ("a", "b"):
+        lines = (tmp_path / run / "train_log.jsonl").read_text().splitlines()
+        logs.append([{k: json.loads(line)[k] for k in ("loss", "grad_norm")} for line in lines])
     assert logs[0] == logs[1]
     assert checked["val_psnr"] == unchecked["val_psnr"]
     resolved = json.loads((tmp_path / "a" / "config.json").read_text())["resolved"]
