@@ -32,6 +32,7 @@ import argparse
 import json
 import logging
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -81,8 +82,17 @@ def npz_batches(dataset: Dataset, workers: int, batch: int) -> Iterator[dict]:
         yield from loader
 
 
-def trainer_batches(store_url: str, out_dir: str, workers: int, batch: int) -> Iterator[dict]:
-    """The micro-batches a pretraining run of the engine trains on, as it builds them."""
+def stacking_collate(samples: list[dict]) -> dict:
+    """What each task's collate did before the engine used ``collate_grids``: stack (copy)."""
+    return {"rgba": torch.stack([s["rgba"] for s in samples]),
+            "valid": torch.stack([s["valid"] for s in samples]),
+            "scene_id": [s["scene_id"] for s in samples]}  # fmt: skip
+
+
+def trainer_batches(store_url: str, out_dir: str, workers: int, batch: int,
+                    collate=None) -> Iterator[dict]:  # fmt: skip
+    """The micro-batches a pretraining run of the engine trains on, as it builds them (with
+    ``collate``, as it did with that collate instead)."""
     from model.tasks.pretrain import MAETask, PretrainConfig
     from model.training.distributed import DistributedContext
     from model.training.trainer import Trainer
@@ -92,8 +102,18 @@ def trainer_batches(store_url: str, out_dir: str, workers: int, batch: int) -> I
                             device="cpu")  # fmt: skip
     ctx = DistributedContext(0, 1, 0, torch.device("cpu"))
     trainer = Trainer(config, MAETask(config, ctx), ctx)
+    if collate is not None:
+        trainer.train_loader.collate_fn = collate
     for micro_batches in trainer.batches():
         yield from micro_batches
+
+
+def workers_cpu() -> float:
+    """CPU seconds of this process's children: the ended ones (the trainer starts new
+    workers every epoch) and the live ones."""
+    ended = resource.getrusage(resource.RUSAGE_CHILDREN)
+    live = sum(sum(c.cpu_times()[:2]) for c in psutil.Process().children())
+    return ended.ru_utime + ended.ru_stime + live
 
 
 def grids_per_second(batches: Iterator[dict], steps: int, workers: int) -> dict:
@@ -101,9 +121,7 @@ def grids_per_second(batches: Iterator[dict], steps: int, workers: int) -> dict:
     first = next(batches)
     assert first["rgba"].shape[1:] == (4, 160, 160, 160) and first["rgba"].dtype == torch.float32
     del first
-    me = psutil.Process()
-    workers_cpu = lambda: sum(sum(c.cpu_times()[:2]) for c in me.children())  # noqa: E731
-    grids, start, cpu_start, workers_start = 0, time.perf_counter(), time.process_time(), 0.0
+    grids, start, cpu_start = 0, time.perf_counter(), time.process_time()
     workers_start = workers_cpu()
     for _ in range(steps):
         grids += next(batches)["rgba"].shape[0]  # (B, 4, 160, 160, 160)
@@ -129,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--grids", type=Path, default=None, help="folder of contract-1 .npz grids")
     parser.add_argument("--quick", action="store_true", help="1 room, 8 scenes, 1 epoch")
+    parser.add_argument("--before", action="store_true",
+                        help="also the trainer's batches with the stacking collate the tasks "
+                             "had before (path 'stacked')")  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench_out" / "bench_loader.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -155,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
                                            args.batch),
                 "npz": npz_batches(NpzGridDataset(files), workers, args.batch),
             }  # fmt: skip
+            if args.before:
+                sources["stacked"] = trainer_batches(store.url, str(Path(tmp) / "run"), workers,
+                                                     args.batch, stacking_collate)  # fmt: skip
             for name, batches in sources.items():
                 row = {"path": name, "workers": workers, "batch": args.batch,
                        **grids_per_second(batches, steps, workers)}  # fmt: skip
@@ -173,9 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         "trainer_2_workers_grids_per_s": two[0] if two else None,
         "best_npz_grids_per_s": best["npz"],
         "speedup_best_vs_best": best["trainer"] / best["npz"],
-        "goal": ">= 20 grids/s with 2 workers and >= 3x npz",
+        "goals": {"trainer with 2 workers (#21)": ">= 20 grids/s", "vs npz (#4)": ">= 3x"},
     }
-    summary["meets_goal"] = bool(two) and two[0] >= 20 and summary["speedup_best_vs_best"] >= 3
+    summary["meets_goal_21"] = bool(two) and two[0] >= 20
+    summary["meets_goal_4"] = summary["speedup_best_vs_best"] >= 3
 
     print(
         f"{'path':<7} {'workers':>7} {'batch':>5} {'grids':>6} {'seconds':>8} {'grids/s':>8} "
@@ -189,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(
         f"best trainer {best['trainer']:.1f} grids/s vs best npz {best['npz']:.1f} grids/s "
-        f"({summary['speedup_best_vs_best']:.1f}x); meets goal: {summary['meets_goal']}"
+        f"({summary['speedup_best_vs_best']:.1f}x); trainer with 2 workers >= 20 grids/s: "
+        f"{summary['meets_goal_21']}; >= 3x npz: {summary['meets_goal_4']}"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"summary": summary, "rows": results}, indent=2))
