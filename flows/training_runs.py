@@ -88,8 +88,9 @@ def run_flow_command(flow_fn, parser: argparse.ArgumentParser, argv: list[str] |
 
 
 def _cell(value: Any) -> str:
-    text = f"{value:.4g}" if isinstance(value, float) else str(value)
-    return text.replace("|", "\\|")  # a table cell (class names, paths) must not split
+    from model.training.task import report_value
+
+    return report_value(value).replace("|", "\\|")  # a cell (class names, paths) must not split
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:

@@ -41,7 +41,7 @@ from model.training.cli import Shortcut
 from model.training.config import json_ready
 from model.training.distributed import unwrap
 from model.training.steps import autocast
-from model.training.task import Batch
+from model.training.task import Batch, report_value
 from model.training.transfer import ENCODER_ONLY
 from model.training.validation import BatchMetric
 
@@ -221,9 +221,6 @@ class DetectionTask(DenseTask):
 
     @classmethod
     def task_rows(cls, summary: dict[str, Any]) -> list[tuple[str, Any]]:
-        def fmt(value: Any) -> str:
-            return f"{value:.4g}" if isinstance(value, float) else str(value)
-
         return [
             ("val AP25", summary.get("val_ap25")),
             ("val AP50", summary.get("val_ap50")),
@@ -232,7 +229,7 @@ class DetectionTask(DenseTask):
             ("val GT boxes / detections",
              f"{summary.get('val_num_gt')} / {summary.get('val_num_detections')}"),
             ("val loss (cls / reg / ctr)", " / ".join(
-                fmt(summary.get(f"val_loss_{t}")) for t in ("cls", "reg", "ctr"))),
+                report_value(summary.get(f"val_loss_{t}")) for t in ("cls", "reg", "ctr"))),
             ("FPN channels", (summary.get("detector") or {}).get("channels")),
         ]  # fmt: skip
 

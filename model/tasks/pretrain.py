@@ -39,7 +39,7 @@ from model.tasks.base import EncoderTask
 from model.training.config import TrainingConfig, json_ready
 from model.training.distributed import DistributedContext
 from model.training.steps import accumulate_task_gradients, autocast
-from model.training.task import Batch
+from model.training.task import Batch, report_value
 from model.training.trainer import run_task
 from model.training.validation import BatchMetric
 
@@ -158,13 +158,11 @@ class MAETask(EncoderTask):
 
     @classmethod
     def report_rows(cls, summary: dict[str, Any]) -> list[tuple[str, Any]]:
-        def fmt(value: Any) -> str:
-            return f"{value:.4g}" if isinstance(value, float) else str(value)
-
         return [
             ("train loss", summary.get("train_loss")),
             ("train loss (rgb / alpha)",
-             f"{fmt(summary.get('train_loss_rgb'))} / {fmt(summary.get('train_loss_alpha'))}"),
+             f"{report_value(summary.get('train_loss_rgb'))} / "
+             f"{report_value(summary.get('train_loss_alpha'))}"),
             ("val loss", summary.get("val_loss")),
             ("val PSNR (dB)", summary.get("val_psnr")),
             ("val alpha MSE", summary.get("val_alpha_mse")),

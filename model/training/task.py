@@ -30,6 +30,11 @@ from model.training.config import TrainingConfig
 Batch = dict[str, Any]
 
 
+def report_value(value: Any) -> str:
+    """A figure as a report shows it (4 significant digits for floats)."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 class ValidationMetric(Protocol):
     """Accumulates a task's validation predictions; merged over ranks through its state."""
 
