@@ -50,11 +50,10 @@ from flows.training_runs import (
     run_flow_command,
     run_training,
 )
+from model.tasks import FINETUNE_TASKS
 
 FINETUNE_ARTIFACT_KEY = "finetune-report"
-# model.tasks.FINETUNE_TASKS, spelled out so that parsing the command line does not
-# import torch (tests/test_flow_finetune.py keeps the two equal).
-TASKS = ("semantics", "superres", "detect")
+TASKS = FINETUNE_TASKS  # the registry's names: importing it loads neither torch nor a task
 
 
 def finetune_config(task_name: str, fields: dict[str, Any]):
@@ -90,7 +89,7 @@ def run_finetuning(
 
 def _fpn_overrides(task_name: str, fpn_channels: int, options: dict[str, Any]) -> None:
     """Put ``fpn_channels`` where the task's config takes it (its ``--fpn-channels``)."""
-    from model.tasks import FINETUNE_TASKS, config_class
+    from model.tasks import config_class
 
     shortcut = config_class(task_name).cli_shortcuts.get("--fpn-channels")
     if shortcut is None:
