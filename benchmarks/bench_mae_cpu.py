@@ -8,6 +8,7 @@ the cubic resolution, as the loader does. Prints a table and writes JSON.
     .venv/bin/python benchmarks/bench_mae_cpu.py --profile 64    # torch.profiler table at 64^3
     .venv/bin/python benchmarks/bench_mae_cpu.py --amp bf16      # the engine's amp="bf16" on CPU
     .venv/bin/python benchmarks/bench_mae_cpu.py --unfolded      # also time decoder1 unfolded
+    .venv/bin/python benchmarks/bench_mae_cpu.py --group-norm    # also time the old norm kernel
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model import build_mae  # noqa: E402
 from model.networks.decoder import upsample_kernel_stride  # noqa: E402
+from model.networks.instance_norm import InstanceNorm3dCL  # noqa: E402
 
 # (extent of the real grid, padded cubic side); the issue's two sizes.
 SIZES = {64: (64, 56, 48), 96: (96, 84, 72)}
@@ -68,30 +71,44 @@ def time_size(model, side: int, extent, repeats: int, amp_dtype=None) -> list[fl
     return timed(lambda i: step(model, rgba, valid, i, amp_dtype), repeats)
 
 
-def time_folded_and_unfolded(model, side: int, extent, repeats: int, amp_dtype=None):
-    """Seconds per step with ``decoder1``'s upsampling and first conv folded (the model as
-    built, ``model.networks.decoder.upsample_then_conv``) and as two layers (same weights,
-    same numbers up to rounding), alternating step by step so that the VM's drift hits both
-    alike."""
+def time_alternating(model, side: int, extent, repeats: int, variant, amp_dtype=None):
+    """Seconds per step of the model as built and of ``variant`` (a list of ``(module,
+    forward)`` put in place of those modules' ``forward``), alternating step by step so that
+    the VM's drift hits both alike."""
     rgba, valid = padded_grid(extent, side)
-    up_block = model.decoder.decoder1
 
-    def two_layers(x, skip=None):
-        return up_block.block(upsample_kernel_stride(x, up_block.up.weight, up_block.up.bias))
-
-    def run(i: int, folded: bool) -> float:
-        if folded:
-            up_block.__dict__.pop("forward", None)
-        else:
-            up_block.forward = two_layers
+    def run(i: int, built: bool) -> float:
+        for module, forward in variant:
+            if built:
+                module.__dict__.pop("forward", None)
+            else:
+                module.forward = forward
         start = time.perf_counter()
         step(model, rgba, valid, i, amp_dtype)
         return time.perf_counter() - start
 
     run(0, True), run(0, False)  # warm-up both paths
     pairs = [(run(i, True), run(i, False)) for i in range(1, repeats + 1)]
-    up_block.__dict__.pop("forward", None)
+    run(0, True)
     return [a for a, _ in pairs], [b for _, b in pairs]
+
+
+def unfolded_decoder1(model) -> list:
+    """``decoder1``'s upsampling and first conv as two layers (same weights, same numbers up
+    to rounding) instead of the fold of ``model.networks.decoder.upsample_then_conv``."""
+    up_block = model.decoder.decoder1
+
+    def two_layers(x, skip=None):
+        return up_block.block(upsample_kernel_stride(x, up_block.up.weight, up_block.up.bias))
+
+    return [(up_block, two_layers)]
+
+
+def group_norm_instance_norms(model) -> list:
+    """Every instance norm computed by ``F.group_norm`` on channels_last_3d (the kernel used
+    before issue 22: as fast, but off by 1e-3-1e-2 against float64 at 128^3-160^3)."""
+    return [(m, lambda x, m=m: F.group_norm(x, x.shape[1], eps=m.eps))
+            for m in model.modules() if isinstance(m, InstanceNorm3dCL)]  # fmt: skip
 
 
 def full_res_convs(side: int, repeats: int, amp_dtype=None) -> float:
@@ -137,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         help="also time the same model with decoder1's upsampling and first conv unfolded",
     )
     parser.add_argument(
+        "--group-norm",
+        action="store_true",
+        help="also time the same model with its instance norms by F.group_norm (the old kernel)",
+    )
+    parser.add_argument(
         "--amp",
         choices=("off", "bf16"),
         default="off",
@@ -169,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     print(
         f"{'preset':8s} {'size':>5s} {'extent':>12s} {'median s':>9s} {'min s':>7s} "
-        f"{'params':>11s} {'trainable':>11s} {'2 full-res convs s':>18s} {'unfolded s':>10s}"
+        f"{'params':>11s} {'trainable':>11s} {'2 full-res convs s':>18s} {'unfolded s':>10s} "
+        f"{'group-norm s':>12s}"
     )
     for side in sizes:
         extent = table.get(side, (side,) * 3)
@@ -177,9 +200,14 @@ def main(argv: list[str] | None = None) -> int:
         total = sum(p.numel() for p in model.parameters())
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         load_before = os.getloadavg()
-        unfolded = None
+        unfolded = group_norm = None
         if args.unfolded:
-            times, unfolded = time_folded_and_unfolded(model, side, extent, repeats, amp_dtype)
+            times, unfolded = time_alternating(model, side, extent, repeats,
+                                               unfolded_decoder1(model), amp_dtype)  # fmt: skip
+        elif args.group_norm:
+            old_norms = group_norm_instance_norms(model)
+            times, group_norm = time_alternating(model, side, extent, repeats, old_norms,
+                                                 amp_dtype)  # fmt: skip
         else:
             times = time_size(model, side, extent, repeats, amp_dtype)
         convs_s = full_res_convs(side, repeats, amp_dtype)
@@ -193,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             "params_total": total,
             "params_trainable": trainable,
             "unfolded_decoder1_median_s": statistics.median(unfolded) if unfolded else None,
+            "group_norm_median_s": statistics.median(group_norm) if group_norm else None,
             "full_res_convs_median_s": convs_s,
             "full_res_convs_gflop": 6 * 2 * 27 * 48**2 * side**3 / 1e9,
             "loadavg_before": load_before,
@@ -202,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{preset:8s} {side:5d} {'x'.join(map(str, extent)):>12s} {row['median_s']:9.3f} "
             f"{row['min_s']:7.3f} {total:11,d} {trainable:11,d} {convs_s:18.3f} "
-            f"{row['unfolded_decoder1_median_s'] or float('nan'):10.3f}"
+            f"{row['unfolded_decoder1_median_s'] or float('nan'):10.3f} "
+            f"{row['group_norm_median_s'] or float('nan'):12.3f}"
         )
         del model
 

@@ -15,8 +15,8 @@ Four exact rewrites for the CPU path (tests compare them with the plain layers):
   (:func:`upsample_then_conv`): both are linear, so together they are one transposed conv
   of kernel 6 on the token grid, 3.4 input tokens per output voxel instead of 27 voxels
   (a quarter of the FLOPs; 11-15% off a ``swin_s`` CPU step at 64^3-96^3, BENCHMARKS.md);
-- instance norm runs as a one-channel-per-group GroupNorm (:class:`InstanceNorm3dCL`), whose
-  kernel reads ``channels_last_3d`` directly where ``instance_norm`` copies to and from it.
+- instance norm keeps ``channels_last_3d`` (:mod:`model.networks.instance_norm`), where
+  ``instance_norm`` copies to and from it, with float32 accuracy at any volume.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+
+from model.networks.instance_norm import InstanceNorm3dCL
 
 CL3D = torch.channels_last_3d
 
@@ -85,23 +87,6 @@ def upsample_then_conv(x: Tensor, up: nn.ConvTranspose3d, conv: nn.Conv3d) -> Te
         stride=up.stride[0],
         padding=k // 2,
     )
-
-
-class InstanceNorm3dCL(nn.InstanceNorm3d):
-    """``nn.InstanceNorm3d()`` (no affine, no running stats) computed by ``F.group_norm``.
-
-    With one group per channel GroupNorm is instance norm (same eps, biased variance); its CPU
-    kernel keeps ``channels_last_3d`` (about 25% off the full-resolution block's fwd+bwd), while
-    ``instance_norm`` reshapes through ``batch_norm`` with a copy each way. No parameters or
-    buffers, so state dicts are those of ``nn.InstanceNorm3d``.
-    """
-
-    def __init__(self, num_features: int) -> None:
-        super().__init__(num_features)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """``(B, C, D, H, W)`` -> same shape and memory format."""
-        return F.group_norm(x, x.shape[1], eps=self.eps)
 
 
 class UnetResBlock(nn.Module):
