@@ -207,6 +207,10 @@ class GridDataset(Dataset):
         augment: apply NeRF-MAE's random z-rotation and x/y flips.
         seed: base seed of the crop offsets and augmentations.
         storage_options: fsspec options for the store (S3 endpoint, credentials).
+        alpha_step: re-express each grid's opacity for a sampling step of this length (world
+            units): ``alpha' = 1 - (1 - alpha) ** (alpha_step / delta)`` with the scene's
+            recorded ``delta`` (:func:`rescale_alpha`); ``None`` keeps the stored alpha.
+            NeRF-MAE's published weights saw a step of 0.01.
     """
 
     def __init__(
@@ -218,6 +222,7 @@ class GridDataset(Dataset):
         augment: bool = False,
         seed: int = 0,
         storage_options: dict | None = None,
+        alpha_step: float | None = None,
     ):
         if crop not in CROP_MODES:
             raise ValueError(f"crop must be one of {CROP_MODES}, got {crop!r}")
@@ -229,6 +234,9 @@ class GridDataset(Dataset):
         self.crop = crop
         self.augment = bool(augment)
         self.seed = int(seed)
+        if alpha_step is not None and not alpha_step > 0:
+            raise ValueError(f"alpha_step must be > 0 or None, got {alpha_step!r}")
+        self.alpha_step = alpha_step
         self.epoch = 0
         if scene_ids is None:
             scene_ids = self._open_store().list_scenes()
@@ -241,8 +249,9 @@ class GridDataset(Dataset):
     def _open_store(self) -> GridStore:
         return GridStore(self.store_url, mode="r", storage_options=self.storage_options)
 
-    def _scene(self, scene_id: str) -> tuple[Any, Any | None, tuple[np.ndarray, np.ndarray] | None]:
-        """``(rgba, semantic or None, boxes or None)``, opened/read once per scene and process.
+    def _scene(self, scene_id: str) -> tuple[Any, Any | None, Any, float]:
+        """``(rgba, semantic or None, boxes or None, alpha exponent)``, opened/read once per
+        scene and process.
 
         ``boxes`` is ``(voxel_boxes (N, 7) float32, labels (N,) int64)``: the stored boxes
         already in the stored grid's voxel coordinates. Scenes without boxes cost nothing more.
@@ -254,8 +263,20 @@ class GridDataset(Dataset):
             boxes = None
             if "boxes" in arrays or "box_labels" in arrays:
                 boxes = self._voxel_boxes(scene_id, arrays)
-            self._arrays[scene_id] = (arrays["rgba"], arrays.get("semantic"), boxes)
+            self._arrays[scene_id] = (arrays["rgba"], arrays.get("semantic"), boxes,
+                                      self._alpha_exponent(scene_id))  # fmt: skip
         return self._arrays[scene_id]
+
+    def _alpha_exponent(self, scene_id: str) -> float:
+        """``alpha_step / delta`` of the scene (1 without ``alpha_step``)."""
+        if self.alpha_step is None:
+            return 1.0
+        delta = self._store.scene_attrs(scene_id).get("delta")
+        if not isinstance(delta, (int, float)) or not delta > 0:
+            raise StoreFormatError(f"{self.store_url}: scene {scene_id!r} records no valid "
+                                   f"delta ({delta!r}) to re-express its alpha with "
+                                   "(alpha_step)")  # fmt: skip
+        return float(self.alpha_step) / float(delta)
 
     def _voxel_boxes(self, scene_id: str, arrays: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """The scene's stored boxes in its grid's voxel coordinates, with their labels."""
@@ -350,7 +371,7 @@ class GridDataset(Dataset):
         fault in every page of the padded region (often half the cube) for nothing.
         """
         scene_id = self.scene_ids[index]
-        rgba_array, semantic_array, boxes = self._scene(scene_id)
+        rgba_array, semantic_array, boxes, alpha_exponent = self._scene(scene_id)
         rng = np.random.default_rng([self.seed, self.epoch, index])
         window = self._window(rgba_array.shape[1:], rng)
         rotate, flip_x, flip_y = self._augmentation(rng)
@@ -367,6 +388,8 @@ class GridDataset(Dataset):
             volume = torch.from_numpy(rgba_array[(slice(None), *window)])
             rgba_out[real].copy_(self._augmented(volume, rotate, flip_x, flip_y))
         valid_out[real[1:]] = True
+        if alpha_exponent != 1.0:
+            rescale_alpha(rgba_out[3], alpha_exponent)
         sample: dict[str, Any] = {"rgba": rgba_out, "valid": valid_out, "scene_id": scene_id}
         if semantic_array is not None:
             semantic = torch.from_numpy(semantic_array[window][None])  # (1, x, y, z) uint8
@@ -377,6 +400,14 @@ class GridDataset(Dataset):
                 *boxes, window, rotate, flip_x, flip_y
             )
         return sample
+
+
+def rescale_alpha(alpha: torch.Tensor, exponent: float) -> torch.Tensor:
+    """``alpha`` re-expressed, in place, for a step ``exponent`` times as long: ``1 - (1 -
+    alpha) ** exponent`` (opacity ``1 - exp(-sigma * delta)`` of the same density over the
+    longer step); 0 stays 0, 1 stays 1. Returns ``alpha``."""
+    transmittance = torch.log1p(-alpha.clamp(max=1.0))  # log(1 - alpha), -inf at alpha 1
+    return alpha.copy_(-torch.expm1(transmittance * exponent))
 
 
 def real_bounds(valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

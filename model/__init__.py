@@ -7,6 +7,8 @@
   into the engine, one module and one config class each.
 - :mod:`model.metrics`, :mod:`model.pictures`: validation figures and pictures of each task.
 - :mod:`model.detection`: oriented-box machinery (geometry, targets, losses, inference).
+- :mod:`model.checkpoints`: every checkpoint format the project reads (NeRF-MAE's published
+  files included), :func:`load_model`, transfer into fine-tuning networks, export.
 - :mod:`model.inference`: trained networks applied to a store's scenes.
 - ``python -m model.pretrain`` / ``python -m model.finetune``: the command-line entries.
 
@@ -27,6 +29,8 @@ _LAZY = {
     "build_mae": "model.networks.presets",
     "get_config": "model.networks.presets",
     "list_presets": "model.networks.presets",
+    "load_model": "model.checkpoints.loading",
+    "read_checkpoint": "model.checkpoints.reading",
 }
 
 __all__ = sorted(_LAZY)

@@ -15,13 +15,13 @@ import pytest
 import torch
 
 from grid_store import GridStore, RadianceGrid
+from model.checkpoints.transfer import load_pretrained
 from model.tasks import finetune, make_config
 from model.tasks.base import labelled_subset
 from model.tasks.pretrain import PretrainConfig, pretrain
 from model.tasks.semantics import SemanticsTask, weighted_cross_entropy
 from model.training.checkpointing import load_checkpoint
 from model.training.distributed import DistributedContext
-from model.training.transfer import load_pretrained
 from nerfmae.cli import main as cli_main
 from pipeline.synthetic.ground_truth import sample_ground_truth
 from pipeline.synthetic.room import make_room

@@ -30,7 +30,8 @@ def test_every_field_of_every_task_parses_back_from_its_flags(name):
     config_class = task_class(name).config_class
     changed = {
         "preset": "tiny", "resolution": 64, "model_overrides": {"mask_ratio": 0.5},
-        "scenes": ["a", "b"], "epochs": 3, "batch_size": 4, "grad_accum_steps": 2, "lr": 5e-4,
+        "scenes": ["a", "b"], "alpha_step": 0.02, "epochs": 3, "batch_size": 4,
+        "grad_accum_steps": 2, "lr": 5e-4,
         "weight_decay": 0.0, "pct_start": 0.2, "clip_grad_norm": 1.0, "val_fraction": 0.1,
         "val_scenes": ["c"], "crop": "random", "augment": name != "pretrain",
         "num_workers": 0, "log_every": 2, "eval_every": 3, "checkpoint_every": 4,

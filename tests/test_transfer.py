@@ -7,10 +7,10 @@ import dataclasses
 import pytest
 import torch
 
+from model.checkpoints.transfer import load_pretrained
 from model.networks.presets import build_mae, get_config
 from model.networks.skip_net import build_semantic_net, build_superres_net
 from model.training.checkpointing import DataPosition, make_checkpoint, save_checkpoint
-from model.training.transfer import load_pretrained
 
 
 def pretraining_checkpoint(tmp_path, config) -> tuple[torch.nn.Module, str]:

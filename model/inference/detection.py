@@ -22,38 +22,37 @@ import torch
 from grid_store import GridStore
 from grid_store.boxes import voxel_to_world
 from grid_store.dataset import GridDataset
+from model.checkpoints.loading import build_network, load_weights
+from model.checkpoints.reading import read_checkpoint
 from model.detection.inference import Detections, detect
 from model.detection.targets import level_layout, location_mask
 from model.metrics.detection import DetectionEvaluator
-from model.networks.detector import Detector, DetectorConfig
-from model.networks.mae import MAEConfig
-from model.training.checkpointing import load_checkpoint
+from model.networks.detector import Detector
 
 logger = logging.getLogger(__name__)
 
 
-def load_detector(path: str | Path, device: str | torch.device = "cpu") -> Detector:
-    """The detector of a ``nerfmae finetune detect`` checkpoint, in eval mode on ``device``.
+def load_detector(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[Detector, float | None]:
+    """The detector of a detection checkpoint (``nerfmae finetune detect``'s, or the
+    published ``front3d_obb_finetuned.pt``), in eval mode on ``device``, and the opacity step
+    its grids are re-expressed for (:attr:`~model.checkpoints.reading.Checkpoint.alpha_step`).
 
     Raises:
         FileNotFoundError: no such checkpoint.
-        ValueError: a checkpoint of another task, or without the detector's config.
+        ValueError: a checkpoint of another task, or one that does not fit its detector.
     """
-    checkpoint = load_checkpoint(path)
-    task = checkpoint.get("task", "pretrain")
-    if task != "detect":
+    checkpoint = read_checkpoint(path)
+    if checkpoint.task != "detect":
         raise ValueError(
-            f"{path}: task: this is a {task!r} checkpoint; boxes come from a detection run's "
-            "checkpoint (RUN/checkpoints/latest.pt of `nerfmae finetune detect`)"
+            f"{path}: task: this is a {checkpoint.task!r} checkpoint; boxes come from a "
+            "detection checkpoint (RUN/checkpoints/latest.pt of `nerfmae finetune detect`, or "
+            "NeRF-MAE's front3d_obb_finetuned.pt)"
         )
-    saved = dict(checkpoint.get("model_config") or {})
-    detector = saved.pop("detector", None)
-    saved.pop("network", None)
-    if detector is None:
-        raise ValueError(f"{path}: model_config.detector: missing; not a detector checkpoint")
-    model = Detector(MAEConfig(**saved), DetectorConfig(**detector))
-    model.load_state_dict(checkpoint["model"])
-    return model.to(device).eval()
+    model = build_network(checkpoint)
+    load_weights(model, checkpoint)
+    return model.to(device).eval(), checkpoint.alpha_step
 
 
 @dataclass
@@ -78,11 +77,17 @@ class SceneDetections:
 
 @torch.no_grad()
 def detect_scenes(
-    model: Detector, store_url: str, scene_ids: Sequence[str], device: str | torch.device = "cpu"
+    model: Detector,
+    store_url: str,
+    scene_ids: Sequence[str],
+    device: str | torch.device = "cpu",
+    alpha_step: float | None = None,
 ) -> Iterator[SceneDetections]:
-    """Run ``model`` on each scene (one grid at a time), yielding its detections."""
+    """Run ``model`` on each scene (one grid at a time, its alpha re-expressed for
+    ``alpha_step`` as the detector was trained), yielding its detections."""
     store = GridStore(store_url, mode="r")
-    dataset = GridDataset(store_url, list(scene_ids), size=model.config.resolution)
+    dataset = GridDataset(store_url, list(scene_ids), size=model.config.resolution,
+                          alpha_step=alpha_step)  # fmt: skip
     layout = None
     for index, scene_id in enumerate(dataset.scene_ids):
         sample = dataset[index]
@@ -114,13 +119,14 @@ def evaluate_detector(
     scene_ids: Sequence[str],
     device: str | torch.device = "cpu",
     picture_dir: str | Path | None = None,
+    alpha_step: float | None = None,
 ) -> dict[str, Any]:
     """AP25/AP50, recalls and counts of ``model`` over ``scene_ids`` (all must store boxes);
     with ``picture_dir``, each scene's boxes are drawn to ``<dir>/<scene>.png``."""
     from model.pictures.boxes import save_box_views
 
     evaluator = DetectionEvaluator()
-    for found in detect_scenes(model, store_url, scene_ids, device):
+    for found in detect_scenes(model, store_url, scene_ids, device, alpha_step):
         if found.gt_boxes is None:
             raise ValueError(f"{store_url}: scene {found.scene_id!r} stores no boxes to score")
         evaluator.add(found.scene_id, found.boxes, found.scores, found.gt_boxes)

@@ -11,12 +11,13 @@ Facts section 6.1 (``SwinTransformer_FPN_Pretrained_Skip`` + ``fcos.py``):
 - the FCOS head, shared by every level: a classification tower and a regression tower of
   ``num_convs`` x [3x3x3 conv, GroupNorm, ReLU]; objectness logits (one class, or one per
   class with ``num_classes``; bias set for a prior probability of 0.01), 8 OBB channels and
-  the centerness logit, both on the
-  regression tower, and a learnable scale per level on the 6 distances.
+  the centerness logit, both on the regression tower, and a learnable scale per level.
 
 Regression outputs are in units of the level's stride (``norm_reg_targets``): the 6
 distances are ``relu(scale_l * conv)`` and are multiplied by the stride to decode; the two
-offsets ``alpha, beta`` of the midpoint-offset encoding are raw (the decoder clamps them).
+offsets ``alpha, beta`` of the midpoint-offset encoding are ``scale_l * conv`` as in the
+reference (``DetectorConfig.scale_offsets``; unscaled in detectors trained before it), and
+the decoder clamps them.
 
 Locations: cell ``(i, j, k)`` of a level with stride ``s`` sits at voxel coordinate
 ``((i, j, k) + 0.5) * s``, the centre of the ``s^3`` voxels it covers (voxel ``i`` covers
@@ -65,6 +66,10 @@ class DetectorConfig:
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     reg_loss_weight: float = 1.0
+    scale_offsets: bool = True
+    """The level's learnable scale multiplies all 8 regression channels, the two OBB offsets
+    too, as the reference's head does (what its published detector needs). False: only the 6
+    distances (this project's detectors trained before the field existed record False)."""
     pre_nms_thresh: float = 0.05
     """Inference keeps locations whose objectness probability exceeds this."""
     pre_nms_top_n: int = 2500
@@ -150,6 +155,7 @@ class FCOSHead(nn.Module):
                 layers += [nn.Conv3d(c, c, 3, padding=1), nn.GroupNorm(groups, c), nn.ReLU()]
             return nn.Sequential(*layers)
 
+        self.scale_offsets = config.scale_offsets
         self.cls_tower = tower()
         self.reg_tower = tower()
         self.cls_logits = nn.Conv3d(c, config.num_classes, 3, padding=1)
@@ -170,8 +176,12 @@ class FCOSHead(nn.Module):
             reg = self.reg_tower(x)
             logits.append(self.cls_logits(cls))
             raw = self.bbox_pred(reg)  # (B, 8, D, D, D)
-            distances = torch.relu(self.scales[level](raw[:, :6]))
-            deltas.append(torch.cat([distances, raw[:, 6:]], 1))
+            if self.scale_offsets:
+                raw = self.scales[level](raw)
+                deltas.append(torch.cat([torch.relu(raw[:, :6]), raw[:, 6:]], 1))
+            else:
+                distances = torch.relu(self.scales[level](raw[:, :6]))
+                deltas.append(torch.cat([distances, raw[:, 6:]], 1))
             centerness.append(self.centerness(reg))
         return HeadOutput(logits, deltas, centerness)
 

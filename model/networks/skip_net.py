@@ -14,7 +14,7 @@ The reference's voxel semantics and super-resolution models (facts section 6.2-6
 
 The head is passed in (composition, not a switch). Names follow the MAE's, so a pretraining
 checkpoint's ``encoder.*`` and ``decoder.decoder{4,3,2}.*`` map onto ``encoder.*`` and
-``decoder{4,3,2}.*`` here (:mod:`model.training.transfer`).
+``decoder{4,3,2}.*`` here (:mod:`model.checkpoints.transfer`).
 """
 
 from __future__ import annotations

@@ -35,12 +35,13 @@ from torch import nn
 
 from grid_store import GridStore
 from grid_store.dataset import GridDataset
+from model.checkpoints.reading import read_checkpoint
+from model.checkpoints.transfer import CARRIED_PREFIXES, load_pretrained
 from model.networks.mae import MAEConfig
 from model.networks.presets import get_config, list_presets
 from model.training.config import TrainingConfig, json_ready, rank_by_hash
 from model.training.distributed import DistributedContext
 from model.training.task import Task
-from model.training.transfer import CARRIED_PREFIXES, load_pretrained
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +157,14 @@ class DenseTask(EncoderTask):
         self.store = GridStore(config.store_url, mode="r")
         self.transfer: dict[str, Any] | None = None
         self.labelled_scenes: list[str] = []
+        self.alpha_step, self.alpha_step_source = config.alpha_step, "config"
+        if config.alpha_step is None and config.pretrained:
+            # the encoder meets grids in the opacity convention it was pretrained on
+            self.alpha_step = read_checkpoint(config.pretrained).alpha_step
+            self.alpha_step_source = "pretraining checkpoint"
+            if self.alpha_step is not None:
+                logger.info("grids' alpha re-expressed for a step of %g, as %s was trained on",
+                            self.alpha_step, config.pretrained)  # fmt: skip
 
     def grid_datasets(self, train_scenes, val_scenes) -> tuple[GridDataset, GridDataset | None]:
         """The labelled training scenes (``self.labelled_scenes``, see :func:`labelled_subset`)
@@ -163,9 +172,10 @@ class DenseTask(EncoderTask):
         grids; only training is augmented)."""
         c = self.config
         self.labelled_scenes = labelled_subset(train_scenes, c.train_scenes, c.label_fraction)
-        train = GridDataset(c.store_url, self.labelled_scenes, size=self.input_size,
-                            crop=c.crop, augment=c.augment, seed=c.seed)  # fmt: skip
-        val = GridDataset(c.store_url, val_scenes, size=self.input_size) if val_scenes else None
+        train = GridDataset(c.store_url, self.labelled_scenes, size=self.input_size, crop=c.crop,
+                            augment=c.augment, seed=c.seed, alpha_step=self.alpha_step)  # fmt: skip
+        val = (GridDataset(c.store_url, val_scenes, size=self.input_size,
+                           alpha_step=self.alpha_step) if val_scenes else None)  # fmt: skip
         return train, val
 
     @abstractmethod
@@ -183,7 +193,8 @@ class DenseTask(EncoderTask):
             logger.info("initialised from %s", report.summary())
             self.transfer = {"summary": report.summary(), "loaded": len(report.loaded),
                              "fresh": report.fresh, "dropped": report.dropped,
-                             "pretrain_step": report.step}  # fmt: skip
+                             "pretrain_step": report.step, "pretrain_epoch": report.epoch,
+                             "format": report.format}  # fmt: skip
         self.freeze(model)
         return model
 
@@ -194,7 +205,8 @@ class DenseTask(EncoderTask):
                     parameter.requires_grad_(False)
 
     def model_config(self) -> dict[str, Any]:
-        return json_ready({**dataclasses.asdict(self.mae_config), "network": self.name})
+        return json_ready({**dataclasses.asdict(self.mae_config), "network": self.name,
+                           "alpha_step": self.alpha_step})  # fmt: skip
 
     def run_info(self) -> dict[str, Any]:
         return {
@@ -202,6 +214,8 @@ class DenseTask(EncoderTask):
             "pretrained": self.config.pretrained,
             "transfer": self.transfer,
             "labelled_scenes": len(self.labelled_scenes),
+            "alpha_step": self.alpha_step,
+            "alpha_step_source": self.alpha_step_source if self.alpha_step else None,
         }
 
     @classmethod

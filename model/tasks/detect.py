@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from model.checkpoints.transfer import ENCODER_ONLY
 from model.detection.augment import random_rotate_scale
 from model.detection.inference import detect
 from model.detection.losses import LOSS_TERMS, fcos_losses
@@ -42,7 +43,6 @@ from model.training.config import json_ready
 from model.training.distributed import unwrap
 from model.training.steps import autocast
 from model.training.task import Batch, report_value
-from model.training.transfer import ENCODER_ONLY
 from model.training.validation import BatchMetric
 
 logger = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ class DetectionTask(DenseTask):
         return Detector(self.mae_config, self.detector_config)
 
     def model_config(self) -> dict[str, Any]:
-        return json_ready({**dataclasses.asdict(self.mae_config), "network": self.name,
+        return json_ready({**super().model_config(),
                            "detector": dataclasses.asdict(self.detector_config)})  # fmt: skip
 
     def step_generators(self) -> dict[str, torch.Generator]:

@@ -117,15 +117,17 @@ class MAETask(EncoderTask):
     def datasets(self, train_scenes, val_scenes):
         c, s = self.config, self.input_size
         train = GridDataset(c.store_url, train_scenes, size=s, crop=c.crop, augment=c.augment,
-                            seed=c.seed)  # fmt: skip
-        val = GridDataset(c.store_url, val_scenes, size=s) if val_scenes else None
+                            seed=c.seed, alpha_step=c.alpha_step)  # fmt: skip
+        val = (GridDataset(c.store_url, val_scenes, size=s, alpha_step=c.alpha_step)
+               if val_scenes else None)  # fmt: skip
         return train, val
 
     def make_network(self) -> nn.Module:
         return build_mae(self.mae_config)
 
     def model_config(self) -> dict[str, Any]:
-        return json_ready(dataclasses.asdict(self.mae_config))
+        return json_ready({**dataclasses.asdict(self.mae_config),
+                           "alpha_step": self.config.alpha_step})  # fmt: skip
 
     def step_generators(self) -> dict[str, torch.Generator]:
         return {"mask": self.mask_generator}

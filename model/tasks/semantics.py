@@ -130,6 +130,9 @@ class SemanticsTask(DenseTask):
     def make_network(self) -> nn.Module:
         return build_semantic_net(self.mae_config, self.num_classes)
 
+    def model_config(self) -> dict[str, Any]:
+        return {**super().model_config(), "num_classes": self.num_classes}
+
     def losses(self, model, batch, device):
         logits = model(batch["rgba"].to(device, non_blocking=True))  # (B, K, S, S, S)
         target = batch["semantic"].to(device, non_blocking=True)  # (B, S, S, S) uint8

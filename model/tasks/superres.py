@@ -141,9 +141,9 @@ class SuperResolutionTask(DenseTask):
     def _paired(self, scenes: list[str], augment: bool) -> PairedGrids:
         c = self.config
         inputs = GridDataset(c.store_url, scenes, size=self.input_size, augment=augment,
-                             seed=c.seed)  # fmt: skip
+                             seed=c.seed, alpha_step=self.alpha_step)  # fmt: skip
         targets = GridDataset(c.target_store_url, scenes, size=self.target_size,
-                              augment=augment, seed=c.seed)  # fmt: skip
+                              augment=augment, seed=c.seed, alpha_step=self.alpha_step)  # fmt: skip
         return PairedGrids(inputs, targets)
 
     def datasets(self, train_scenes, val_scenes):
@@ -162,6 +162,9 @@ class SuperResolutionTask(DenseTask):
 
     def make_network(self) -> nn.Module:
         return build_superres_net(self.mae_config, self.scale)
+
+    def model_config(self) -> dict[str, Any]:
+        return {**super().model_config(), "scale": self.scale}
 
     def losses(self, model, batch, device):
         pred = model(batch["rgba"].to(device, non_blocking=True)).float()  # (B, 4, S', S', S')

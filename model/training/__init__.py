@@ -7,7 +7,6 @@
 - :mod:`~model.training.loaders`, :mod:`~model.training.validation`,
   :mod:`~model.training.run_folder`, :mod:`~model.training.checkpointing`,
   :mod:`~model.training.distributed`, :mod:`~model.training.memory`,
-  :mod:`~model.training.transfer` (a pretraining checkpoint into a downstream network),
   :mod:`~model.training.cli` (command lines generated from config classes).
 
 Nothing here imports a task (:mod:`model.tasks` does the reverse).

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import random
 import re
 import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,12 +193,28 @@ def save_checkpoint(
     return step_path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True`` and check it is one of ours."""
+def load_file(path: str | Path, trusted: bool = False) -> Any:
+    """``torch.load`` of ``path`` on the CPU, ``weights_only`` unless ``trusted``; errors name
+    the file (missing, truncated or corrupt, or holding Python objects)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint")
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trusted)
+    except pickle.UnpicklingError as exc:
+        found = str(exc).split("\n")[0]
+        raise ValueError(
+            f"{path}: holds Python objects beyond tensors and plain values, which are not "
+            f"read without trust ({found}); if you trust the file's origin, read it with "
+            "model.checkpoints.read_checkpoint(path, trusted=True)"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+        raise ValueError(f"{path}: not a readable checkpoint (truncated or corrupt: "
+                         f"{str(exc).splitlines()[0]})") from None  # fmt: skip
+
+
+def check_checkpoint(checkpoint: Any, path: str | Path) -> dict[str, Any]:
+    """``checkpoint`` if it is one of this project's run checkpoints (format and version)."""
     formats = (CHECKPOINT_FORMAT, *LEGACY_FORMATS)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") not in formats:
         raise ValueError(f"{path}: format: not a {CHECKPOINT_FORMAT!r} checkpoint")
@@ -205,6 +223,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{path}: version: {checkpoint.get('version')!r}, this code reads {CHECKPOINT_VERSION}"
         )
     return checkpoint
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A run checkpoint of this project, read with ``weights_only=True`` and checked."""
+    return check_checkpoint(load_file(path), path)
 
 
 def latest_checkpoint(directory: str | Path) -> Path | None:

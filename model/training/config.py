@@ -36,7 +36,8 @@ class TrainingConfig:
     cli_shortcuts: ClassVar[dict[str, Any]] = {}
     """Flags that set one key of a dict field (:class:`model.training.cli.Shortcut`)."""
     trajectory_fields: ClassVar[tuple[str, ...]] = (
-        "store_url", "preset", "resolution", "model_overrides", "scenes", "epochs", "batch_size",
+        "store_url", "preset", "resolution", "model_overrides", "scenes", "alpha_step", "epochs",
+        "batch_size",
         "grad_accum_steps", "lr", "weight_decay", "pct_start", "clip_grad_norm", "val_fraction",
         "val_scenes", "crop", "augment", "seed",
     )  # fmt: skip
@@ -73,6 +74,11 @@ class TrainingConfig:
     """Fraction of scenes held out for validation (rounded up, at least one when > 0)."""
     val_scenes: list[str] | None = None
     """Explicit validation scenes (overrides ``val_fraction``); the rest train."""
+    alpha_step: float | None = None
+    """Re-express every grid's opacity for a sampling step of this length in the grid's world
+    units, ``alpha' = 1 - (1 - alpha) ** (alpha_step / delta)`` with the grid's recorded
+    ``delta`` (``None``: as stored; fine-tuning then takes the pretraining checkpoint's, 0.01
+    for NeRF-MAE's published weights, which saw instant-ngp's alpha for a 0.01 step)."""
     crop: Literal["pad", "random"] = "pad"
     """How oversized training grids are cut to ``S``: ``pad`` (from index 0) or ``random``."""
     augment: bool = True
@@ -134,6 +140,8 @@ class TrainingConfig:
             fail("weight_decay", "must be >= 0")
         if self.memory_limit_gb is not None and not self.memory_limit_gb > 0:
             fail("memory_limit_gb", "must be > 0 or None")
+        if self.alpha_step is not None and not self.alpha_step > 0:
+            fail("alpha_step", "must be > 0 or None")
         for name in ("amp", "crop"):
             choices = typing.get_args(typing.get_type_hints(TrainingConfig)[name])
             if getattr(self, name) not in choices:

@@ -25,6 +25,9 @@ def register(subparsers) -> None:
                    help="keep detections scoring at least this (default: all)")  # fmt: skip
     p.add_argument("--picture", type=Path, help="also draw the boxes over the grid (PNG)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--alpha-step", type=float,
+                   help="re-express grids' alpha for this step (world units) first (default: "
+                        "the checkpoint's convention; 0.01 for published files)")  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -33,8 +36,9 @@ def run(args: argparse.Namespace) -> int:
     from model.pictures.boxes import save_box_views
     from pipeline.export_3d import write_boxes_json
 
-    model = load_detector(args.checkpoint, args.device)
-    found = next(detect_scenes(model, args.store, [args.scene_id], args.device))
+    model, alpha_step = load_detector(args.checkpoint, args.device)
+    alpha_step = args.alpha_step if args.alpha_step is not None else alpha_step
+    found = next(detect_scenes(model, args.store, [args.scene_id], args.device, alpha_step))
     keep = found.scores >= args.score_threshold
     write_boxes_json(args.out, args.scene_id, found.world_boxes[keep], found.scores[keep])
     print(f"{args.out}: {int(keep.sum())} boxes (world units) in scene {args.scene_id}")

@@ -1,7 +1,8 @@
 """Start a downstream network from a pretraining checkpoint: which tensors carry over.
 
-A NeRF-MAE pretraining checkpoint (:mod:`model.training.checkpointing`, read with
-``weights_only=True``) holds the whole MAE. A downstream :class:`model.networks.skip_net.SkipNet`
+A NeRF-MAE pretraining checkpoint (this project's, :mod:`model.training.checkpointing`, or
+the published ``nerf_mae_pretrained.pt``; :func:`model.checkpoints.reading.read_checkpoint`
+reads both) holds the whole MAE. A downstream :class:`model.networks.skip_net.SkipNet`
 takes from it:
 
 - ``encoder.*`` (patch embedding, every Swin stage) -> ``encoder.*``;
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from torch import nn
 
-from model.training.checkpointing import load_checkpoint
+from model.checkpoints.reading import FORMAT_NAMES, read_checkpoint
 
 ARCHITECTURE_FIELDS = (
     "in_channels", "patch_size", "embed_dim", "depths", "num_heads", "window", "mlp_ratio",
@@ -49,6 +50,8 @@ class TransferReport:
     """What :func:`load_pretrained` did, tensor by tensor (downstream names)."""
 
     source: str
+    format: str = ""
+    """Which layout the checkpoint was read in (:data:`~model.checkpoints.reading.FORMAT_NAMES`)."""
     loaded: list[str] = field(default_factory=list)
     """Downstream tensors set from the checkpoint."""
     fresh: list[str] = field(default_factory=list)
@@ -57,11 +60,15 @@ class TransferReport:
     """Checkpoint tensors not used (pretraining names)."""
     step: int | None = None
     """The pretraining step the checkpoint was saved at."""
+    epoch: int | None = None
+    """The pretraining epoch it was saved at."""
 
     def summary(self) -> str:
         """One line: how many tensors of which modules were loaded, fresh and dropped."""
+        when = f"step {self.step}" if self.step is not None else f"epoch {self.epoch}"
         return (
-            f"{self.source} (step {self.step}): loaded {len(self.loaded)} tensors "
+            f"{self.source} ({FORMAT_NAMES.get(self.format, self.format)}, {when}): loaded "
+            f"{len(self.loaded)} tensors "
             f"({_modules(self.loaded)}), fresh {len(self.fresh)} ({_modules(self.fresh)}), "
             f"dropped {len(self.dropped)} ({_modules(self.dropped)})"
         )
@@ -95,17 +102,17 @@ def load_pretrained(
 
     Raises:
         FileNotFoundError: no such checkpoint.
-        ValueError: not one of our checkpoints, another architecture, another resolution
-            (without ``allow_resolution_change``), or a tensor whose shape differs.
+        ValueError: not a checkpoint of a known format, another architecture, another
+            resolution (without ``allow_resolution_change``), or a tensor whose shape differs.
     """
-    checkpoint = load_checkpoint(path)
-    task = checkpoint.get("task", "pretrain")
+    checkpoint = read_checkpoint(path)
+    task = checkpoint.task
     if task != "pretrain":
         raise ValueError(
             f"{path}: task: this is a {task!r} fine-tuning checkpoint; the encoder comes from a "
             "pretraining run's checkpoint (RUN/checkpoints/latest.pt of `nerfmae pretrain`)"
         )
-    saved_config = checkpoint.get("model_config") or {}
+    saved_config = checkpoint.mae_config
     config = asdict(model.config)
     for name in ARCHITECTURE_FIELDS:
         if name not in saved_config:
@@ -125,9 +132,10 @@ def load_pretrained(
 
     carried = CARRIED_PREFIXES if prefixes is None else prefixes
     own = model.state_dict()
-    updates, report = {}, TransferReport(source=str(path))
-    report.step = (checkpoint.get("position") or {}).get("step")
-    for name, tensor in checkpoint["model"].items():
+    updates = {}
+    report = TransferReport(source=str(path), format=checkpoint.format, step=checkpoint.step,
+                            epoch=checkpoint.epoch)  # fmt: skip
+    for name, tensor in checkpoint.state.items():
         target = next(
             (
                 new + name[len(old) :]
