@@ -33,11 +33,12 @@ logger = logging.getLogger(__name__)
 
 
 def load_detector(
-    path: str | Path, device: str | torch.device = "cpu"
+    path: str | Path, device: str | torch.device = "cpu", alpha_step: float | None = None
 ) -> tuple[Detector, float | None]:
     """The detector of a detection checkpoint (``nerfmae finetune detect``'s, or the
     published ``front3d_obb_finetuned.pt``), in eval mode on ``device``, and the opacity step
-    its grids are re-expressed for (:attr:`~model.checkpoints.reading.Checkpoint.alpha_step`).
+    its grids are re-expressed for: ``alpha_step`` if given, else the one it was trained on
+    (:attr:`~model.checkpoints.reading.Checkpoint.alpha_step`).
 
     Raises:
         FileNotFoundError: no such checkpoint.
@@ -52,7 +53,7 @@ def load_detector(
         )
     model = build_network(checkpoint)
     load_weights(model, checkpoint)
-    return model.to(device).eval(), checkpoint.alpha_step
+    return model.to(device).eval(), alpha_step if alpha_step is not None else checkpoint.alpha_step
 
 
 @dataclass

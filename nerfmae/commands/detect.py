@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from nerfmae.commands import add_network_flags
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -24,10 +26,7 @@ def register(subparsers) -> None:
     p.add_argument("--score-threshold", type=float, default=0.0,
                    help="keep detections scoring at least this (default: all)")  # fmt: skip
     p.add_argument("--picture", type=Path, help="also draw the boxes over the grid (PNG)")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    p.add_argument("--alpha-step", type=float,
-                   help="re-express grids' alpha for this step (world units) first (default: "
-                        "the checkpoint's convention; 0.01 for published files)")  # fmt: skip
+    add_network_flags(p)
     p.set_defaults(func=run)
 
 
@@ -36,8 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from model.pictures.boxes import save_box_views
     from pipeline.export_3d import write_boxes_json
 
-    model, alpha_step = load_detector(args.checkpoint, args.device)
-    alpha_step = args.alpha_step if args.alpha_step is not None else alpha_step
+    model, alpha_step = load_detector(args.checkpoint, args.device, args.alpha_step)
     found = next(detect_scenes(model, args.store, [args.scene_id], args.device, alpha_step))
     keep = found.scores >= args.score_threshold
     write_boxes_json(args.out, args.scene_id, found.world_boxes[keep], found.scores[keep])

@@ -7,6 +7,8 @@ import argparse
 import json
 from pathlib import Path
 
+from nerfmae.commands import add_network_flags
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -19,10 +21,7 @@ def register(subparsers) -> None:
     p.add_argument("--scene-ids", nargs="+", help="scenes to score (default: every scene)")
     p.add_argument("--pictures", type=Path, help="draw each scene's boxes to DIR/<scene>.png")
     p.add_argument("--out", type=Path, help="also write the metrics as JSON here")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    p.add_argument("--alpha-step", type=float,
-                   help="re-express grids' alpha for this step (world units) first (default: "
-                        "the checkpoint's convention; 0.01 for published files)")  # fmt: skip
+    add_network_flags(p)
     p.set_defaults(func=run)
 
 
@@ -30,8 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from grid_store import GridStore
     from model.inference.detection import evaluate_detector, load_detector
 
-    model, alpha_step = load_detector(args.checkpoint, args.device)
-    alpha_step = args.alpha_step if args.alpha_step is not None else alpha_step
+    model, alpha_step = load_detector(args.checkpoint, args.device, args.alpha_step)
     scenes = args.scene_ids or GridStore(args.store, mode="r").list_scenes()
     metrics = evaluate_detector(model, args.store, scenes, args.device, args.pictures, alpha_step)
     text = json.dumps(metrics, indent=2)

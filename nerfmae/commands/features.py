@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from nerfmae.commands import add_network_flags
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -20,10 +22,7 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", required=True, type=Path,
                    help="a checkpoint with an encoder (or nerf_mae_pretrained.pt)")  # fmt: skip
     p.add_argument("--out", required=True, type=Path, help="the .npz to write")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    p.add_argument("--alpha-step", type=float,
-                   help="re-express grids' alpha for this step (world units) first (default: "
-                        "the checkpoint's convention; 0.01 for published files)")  # fmt: skip
+    add_network_flags(p)
     p.set_defaults(func=run)
 
 
