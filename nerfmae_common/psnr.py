@@ -12,14 +12,10 @@ from typing import Any
 
 
 def psnr_from_mse(mse: Any) -> Any:
-    """PSNR in dB of an MSE: a float gives a float, a tensor or array an element-wise one."""
+    """PSNR in dB of an MSE: a number gives a float, a torch tensor an element-wise tensor
+    (+inf at 0 and NaN at NaN by IEEE rules)."""
     if isinstance(mse, (int, float)):
         if math.isnan(mse):
             return math.nan
         return math.inf if mse == 0 else -10.0 * math.log10(mse)
-    if hasattr(mse, "log10"):  # a torch tensor: +inf at 0 and NaN at NaN by IEEE rules
-        return -10.0 * mse.log10()
-    import numpy as np
-
-    with np.errstate(divide="ignore"):
-        return -10.0 * np.log10(mse)
+    return -10.0 * mse.log10()

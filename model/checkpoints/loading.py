@@ -99,11 +99,15 @@ def load_weights(model: nn.Module, checkpoint: Checkpoint) -> None:
     model.load_state_dict({n: t for n, t in state.items() if n in own}, strict=False)
 
 
-def load_model(path: str | Path, trusted: bool = False, **overrides: Any) -> nn.Module:
-    """The network of the checkpoint at ``path`` (ours of any task, or a published NeRF-MAE
-    file), weights loaded strictly, in eval mode on the CPU. ``overrides``: see
-    :func:`build_network`."""
-    checkpoint = read_checkpoint(path, trusted)
+def network_of(checkpoint: Checkpoint, **overrides: Any) -> nn.Module:
+    """The network of a read checkpoint, weights loaded strictly, in eval mode on the CPU.
+    ``overrides``: see :func:`build_network`."""
     model = build_network(checkpoint, **overrides)
     load_weights(model, checkpoint)
     return model.eval()
+
+
+def load_model(path: str | Path, trusted: bool = False, **overrides: Any) -> nn.Module:
+    """The network of the checkpoint at ``path`` (ours of any task, or a published NeRF-MAE
+    file): :func:`network_of` the checkpoint :func:`read_checkpoint` reads."""
+    return network_of(read_checkpoint(path, trusted), **overrides)

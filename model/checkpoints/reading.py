@@ -38,7 +38,7 @@ from model.training.checkpointing import (
     load_file,
 )
 
-OURS = "nerf-mae-run"
+OURS = CHECKPOINT_FORMAT
 REFERENCE_MAE = "reference-mae"
 REFERENCE_DETECTOR = "reference-detector"
 FORMAT_NAMES = {

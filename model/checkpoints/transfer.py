@@ -26,7 +26,7 @@ from pathlib import Path
 
 from torch import nn
 
-from model.checkpoints.reading import FORMAT_NAMES, read_checkpoint
+from model.checkpoints.reading import FORMAT_NAMES, Checkpoint, read_checkpoint
 
 ARCHITECTURE_FIELDS = (
     "in_channels", "patch_size", "embed_dim", "depths", "num_heads", "window", "mlp_ratio",
@@ -87,15 +87,16 @@ def _modules(names: list[str]) -> str:
 
 def load_pretrained(
     model: nn.Module,
-    path: str | Path,
+    source: str | Path | Checkpoint,
     *,
     allow_resolution_change: bool = False,
     prefixes: dict[str, str] | None = None,
 ) -> TransferReport:
     """Copy a pretraining checkpoint's encoder and decoder blocks 4-2 into ``model``.
 
-    ``model`` is a :class:`model.networks.skip_net.SkipNet` (anything with ``config`` and the same
-    module names). ``prefixes`` (default :data:`CARRIED_PREFIXES`) says which checkpoint
+    ``source`` is the checkpoint's path, or the checkpoint already read. ``model`` is a
+    :class:`model.networks.skip_net.SkipNet` (anything with ``config`` and the same module
+    names). ``prefixes`` (default :data:`CARRIED_PREFIXES`) says which checkpoint
     tensors go where; the detector takes only the encoder (``{"encoder.": "encoder."}``,
     :data:`ENCODER_ONLY`), the rest is dropped. Returns the report; nothing of ``model``
     changes when it raises.
@@ -105,7 +106,8 @@ def load_pretrained(
         ValueError: not a checkpoint of a known format, another architecture, another
             resolution (without ``allow_resolution_change``), or a tensor whose shape differs.
     """
-    checkpoint = read_checkpoint(path)
+    checkpoint = source if isinstance(source, Checkpoint) else read_checkpoint(source)
+    path = checkpoint.path
     task = checkpoint.task
     if task != "pretrain":
         raise ValueError(

@@ -22,7 +22,7 @@ import torch
 from grid_store import GridStore
 from grid_store.boxes import voxel_to_world
 from grid_store.dataset import GridDataset
-from model.checkpoints.loading import build_network, load_weights
+from model.checkpoints.loading import network_of
 from model.checkpoints.reading import read_checkpoint
 from model.detection.inference import Detections, detect
 from model.detection.targets import level_layout, location_mask
@@ -51,9 +51,8 @@ def load_detector(
             "detection checkpoint (RUN/checkpoints/latest.pt of `nerfmae finetune detect`, or "
             "NeRF-MAE's front3d_obb_finetuned.pt)"
         )
-    model = build_network(checkpoint)
-    load_weights(model, checkpoint)
-    return model.to(device).eval(), alpha_step if alpha_step is not None else checkpoint.alpha_step
+    model = network_of(checkpoint).to(device)
+    return model, alpha_step if alpha_step is not None else checkpoint.alpha_step
 
 
 @dataclass

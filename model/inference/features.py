@@ -19,7 +19,7 @@ import torch
 
 from grid_store import GridStore
 from grid_store.dataset import GridDataset
-from model.checkpoints.loading import build_network, load_weights
+from model.checkpoints.loading import network_of
 from model.checkpoints.reading import read_checkpoint
 from model.networks.encoder import EncoderFront
 
@@ -39,11 +39,10 @@ def scene_features(
     "checkpoint"}``; ``alpha_step`` overrides the opacity step the checkpoint was trained
     on."""
     checkpoint = read_checkpoint(checkpoint_path)
-    model = build_network(checkpoint)
-    load_weights(model, checkpoint)
+    model = network_of(checkpoint)
     if not isinstance(model, EncoderFront):
         raise ValueError(f"{checkpoint_path}: this {checkpoint.task} network has no encoder")
-    model = model.to(device).eval()
+    model = model.to(device)
     size = model.config.resolution
     attrs = GridStore(store_url, mode="r").scene_attrs(scene_id)
     shape = [int(n) for n in attrs["resolution"]]

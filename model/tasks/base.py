@@ -88,6 +88,14 @@ class FinetuneConfig(TrainingConfig):
             self.fail("label_fraction", "must be in (0, 1]")
 
 
+def encoder_config(config: TrainingConfig) -> MAEConfig:
+    """The run's architecture: its preset with ``model_overrides`` and ``resolution``."""
+    overrides = dict(config.model_overrides)
+    if config.resolution is not None:
+        overrides["resolution"] = config.resolution
+    return get_config(config.preset, **overrides)
+
+
 def labelled_subset(
     train_scenes: Sequence[str], explicit: Sequence[str] | None, fraction: float
 ) -> list[str]:
@@ -148,19 +156,19 @@ class DenseTask(EncoderTask):
     def __init__(self, config: FinetuneConfig, ctx: DistributedContext) -> None:
         self.config = config
         self.ctx = ctx
-        overrides = dict(config.model_overrides)
-        if config.resolution is not None:
-            overrides["resolution"] = config.resolution
-        self.mae_config = get_config(config.preset, **overrides)  # validates before data work
+        self.mae_config = encoder_config(config)  # validates before data work
         if config.pretrained and not Path(config.pretrained).is_file():
             raise FileNotFoundError(f"{config.pretrained}: pretrained: no such checkpoint")
+        # read once, here (its opacity convention decides the datasets), kept until the
+        # network is built from it
+        self.pretrained = read_checkpoint(config.pretrained) if config.pretrained else None
         self.store = GridStore(config.store_url, mode="r")
         self.transfer: dict[str, Any] | None = None
         self.labelled_scenes: list[str] = []
         self.alpha_step, self.alpha_step_source = config.alpha_step, "config"
-        if config.alpha_step is None and config.pretrained:
+        if config.alpha_step is None and self.pretrained is not None:
             # the encoder meets grids in the opacity convention it was pretrained on
-            self.alpha_step = read_checkpoint(config.pretrained).alpha_step
+            self.alpha_step = self.pretrained.alpha_step
             self.alpha_step_source = "pretraining checkpoint"
             if self.alpha_step is not None:
                 logger.info("grids' alpha re-expressed for a step of %g, as %s was trained on",
@@ -184,9 +192,9 @@ class DenseTask(EncoderTask):
 
     def build_model(self) -> nn.Module:
         model = self.make_network()
-        if self.config.pretrained:
+        if self.pretrained is not None:
             report = load_pretrained(
-                model, self.config.pretrained,
+                model, self.pretrained,
                 allow_resolution_change=self.config.allow_resolution_change,
                 prefixes=self.carried_prefixes,
             )  # fmt: skip
@@ -195,6 +203,7 @@ class DenseTask(EncoderTask):
                              "fresh": report.fresh, "dropped": report.dropped,
                              "pretrain_step": report.step, "pretrain_epoch": report.epoch,
                              "format": report.format}  # fmt: skip
+            self.pretrained = None  # its tensors are in the network now
         self.freeze(model)
         return model
 

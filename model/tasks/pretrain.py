@@ -33,9 +33,9 @@ from torch import nn
 
 from grid_store.dataset import GridDataset
 from model.metrics.reconstruction import ReconstructionMetrics
-from model.networks.presets import build_mae, get_config
+from model.networks.presets import build_mae
 from model.pictures.reconstruction import save_reconstruction
-from model.tasks.base import EncoderTask
+from model.tasks.base import EncoderTask, encoder_config
 from model.training.config import TrainingConfig, json_ready
 from model.training.distributed import DistributedContext
 from model.training.steps import accumulate_task_gradients, autocast
@@ -105,10 +105,7 @@ class MAETask(EncoderTask):
 
     def __init__(self, config: PretrainConfig, ctx: DistributedContext) -> None:
         self.config = config
-        overrides = dict(config.model_overrides)
-        if config.resolution is not None:
-            overrides["resolution"] = config.resolution
-        self.mae_config = get_config(config.preset, **overrides)  # validates before data work
+        self.mae_config = encoder_config(config)  # validates before data work
         self.mask_generator = torch.Generator(device=ctx.device).manual_seed(
             config.seed * 1_000_003 + ctx.rank
         )
