@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeline.synthetic import RoomConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -54,6 +58,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fraction of pixels without a depth measurement, at random (default 0)",
     )
     p.add_argument(
+        "--texture-policy",
+        choices=("by_class", "independent"),
+        default="by_class",
+        help="by_class (default): each furniture class has its own material recipe, so colour "
+        "gives labels away; independent: every object's materials (and the floor's, ceiling's "
+        "and walls') are drawn at random, independent of its class",
+    )
+    p.add_argument(
+        "--min-part-size",
+        type=float,
+        default=0.0,
+        metavar="METRES",
+        help="thicken every furniture part to at least this along each axis (default 0: as "
+        "built); ~1.5 voxels of the grid you will sample, e.g. 0.12 for 64^3 of a room up to "
+        "6 m, keeps legs, lamp poles and shelf boards whole",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -61,6 +82,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "gain little and spin badly on a busy machine; run several processes instead)",
     )
     p.set_defaults(func=run)
+
+
+def room_config(args: argparse.Namespace) -> RoomConfig:
+    """The :class:`RoomConfig` the command line asks for (it validates the values)."""
+    from pipeline.synthetic import RoomConfig
+
+    return RoomConfig(texture_policy=args.texture_policy, min_part_size=args.min_part_size)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--scenes must be >= 1, got {args.scenes}")
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    room = room_config(args)
     torch.set_num_threads(args.threads)
     out = Path(args.out_dir)
     for i in range(args.scenes):
@@ -86,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
             n_views=args.views,
             image_size=args.image_size,
             grid_resolution=args.grid_resolution,
+            room_config=room,
             depth_config=DepthConfig(
                 write=args.depth, noise=args.depth_noise, holes=args.depth_holes
             ),

@@ -37,6 +37,9 @@ FURNITURE_CLASSES: tuple[str, ...] = tuple(
 )
 
 MATERIALS: tuple[str, ...] = ("wood", "fabric", "linen", "metal", "paint", "floor", "ceiling")
+FURNITURE_MATERIALS: tuple[str, ...] = ("wood", "fabric", "linen", "metal", "paint")
+"""The materials furniture is made of; ``RoomConfig(texture_policy="independent")`` draws
+each object's materials from these."""
 
 
 @dataclass(frozen=True)

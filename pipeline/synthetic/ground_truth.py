@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -105,7 +105,7 @@ def sample_ground_truth(
         [rearrange(to_grid(rgb), "x y z c -> c x y z"), alpha[None].astype(np.float32)]
     ).astype(np.float32)  # (4, X, Y, Z)
     optics = field.config
-    provenance = {"room": asdict(room.config), "seed": room.seed, "resolution": resolution}
+    provenance = {"room": room.config.provenance(), "seed": room.seed, "resolution": resolution}
     config_hash = hashlib.sha256(json.dumps(provenance, sort_keys=True).encode()).hexdigest()[:16]
     return RadianceGrid(
         rgba=rgba,
