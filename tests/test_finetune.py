@@ -258,7 +258,9 @@ def test_detection_from_a_pretrained_encoder_then_detect_evaluate_and_export(
         raise AssertionError(f"config.json holds {constant}, which is not JSON")
 
     saved = json.loads((run / "config.json").read_text(), parse_constant=strict)
-    assert saved["resolved"]["detector"]["size_ranges"][-1][0] == 64
+    # the reference's ranges (for 160^3) scaled to the 32^3 input; the last one unbounded
+    ranges = saved["resolved"]["detector"]["size_ranges"]
+    assert ranges[-1][0] == pytest.approx(64 * 32 / 160) and ranges[-1][1] == 1e6
 
     boxes_json, picture = tmp_path / "boxes.json", tmp_path / "boxes.png"
     assert cli_main(["detect", "--store", stores["low"], "--scene-id", "room3", "--checkpoint",
@@ -289,3 +291,39 @@ def test_detection_from_a_pretrained_encoder_then_detect_evaluate_and_export(
                      str(tmp_path / "no"), "--scratch", "--preset", "tiny"])  # fmt: skip
     assert code == 2 and "have no boxes" in capsys.readouterr().err
     assert not (tmp_path / "no").exists()
+
+
+def test_carried_weights_stay_frozen_through_the_warm_up_then_train_at_their_lower_rate(
+    stores, pretrained, tmp_path
+):
+    run = tmp_path / "protocol"
+    summary = finetune(_config(stores, run, pretrained=pretrained, carried_lr_scale=0.1,
+                               frozen_warmup=0.5, checkpoint_every=1, keep_checkpoints=0,
+                               eval_every=2))  # fmt: skip
+    assert summary["steps"] == 4  # 2 rooms, batch 1, 2 epochs: frozen for steps 1-2
+    source = load_checkpoint(pretrained)["model"]
+    steps = [load_checkpoint(run / "checkpoints" / f"step_{s:06d}.pt") for s in (1, 2, 3)]
+    encoder = [n for n in steps[0]["model"] if n.startswith("encoder.")]
+    assert encoder and all(torch.equal(steps[1]["model"][n], source[n]) for n in encoder)
+    assert any(not torch.equal(steps[2]["model"][n], source[n]) for n in encoder)
+    assert not torch.equal(steps[0]["model"]["head.weight"], steps[1]["model"]["head.weight"])
+    new, carried = steps[2]["optimizer"]["param_groups"]
+    assert carried["max_lr"] == pytest.approx(0.1 * new["max_lr"])
+    assert len(carried["params"]) == sum(1 for n in source if n.startswith(("encoder.",
+                                         "decoder.decoder4", "decoder.decoder3",
+                                         "decoder.decoder2")) and n in source)  # fmt: skip
+    assert [r["carried_frozen"] for r in _log(run)] == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_the_best_checkpoint_scores_the_same_when_evaluated_again(stores, pretrained, tmp_path):
+    from model.tasks.evaluation import evaluate_checkpoint
+
+    run = tmp_path / "best"
+    summary = finetune(_config(stores, run, pretrained=pretrained, eval_every=1))
+    best = load_checkpoint(summary["best_checkpoint"])
+    assert best["metrics"]["best"]["step"] == summary["best_step"]
+    assert summary["best_val_miou"] >= summary["val_miou"]
+    again = evaluate_checkpoint(summary["best_checkpoint"], ["room3"])
+    assert again["miou"] == pytest.approx(summary["best_val_miou"], abs=1e-6)
+    latest = evaluate_checkpoint(run / "checkpoints" / "latest.pt", ["room3"])
+    assert latest["miou"] == pytest.approx(summary["val_miou"], abs=1e-6)

@@ -198,3 +198,37 @@ def test_decoder_rewrites_equal_plain_layers():
     )
     expected = decoder.out(plain_up(decoder.decoder1, x))
     torch.testing.assert_close(decoder(feats), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_balanced_alpha_loss_weighs_occupied_and_empty_masked_voxels_alike(tiny):
+    rgba, pred, valid, voxel_mask = _hand_example(tiny)
+    balanced = build_mae("tiny", alpha_balance="occupied_empty")
+    _, _, loss_alpha = balanced.forward_loss(rgba, pred, valid, voxel_mask)
+    # masked occupied (alpha > 0.01): only A (alpha 0.5, error 0); the other n - 1 masked
+    # voxels are empty: B (alpha 0.005) and the zeros, each against sigmoid(0) = 0.5
+    n = 8 * 32 * 32
+    empty = ((0.5 - 0.005) ** 2 + (n - 2) * 0.25) / (n - 1)
+    assert loss_alpha.item() == pytest.approx((0.0 + empty) / 2, rel=1e-6)
+    with pytest.raises(ValueError, match="alpha_balance"):
+        MAEConfig(resolution=32, alpha_balance="per_class")
+
+
+def test_colour_weight_scales_only_the_colour_term(tiny):
+    rgba, pred, valid, voxel_mask = _hand_example(tiny)
+    loss, loss_rgb, loss_alpha = tiny.forward_loss(rgba, pred, valid, voxel_mask, rgb_weight=0.25)
+    assert loss.item() == pytest.approx(0.25 * loss_rgb.item() + loss_alpha.item())
+    assert loss_rgb.item() == pytest.approx((0.5 + 0.12) / 2)  # the term itself unweighted
+
+
+def test_token_head_predicts_every_voxel_from_its_own_token():
+    model = build_mae("tiny", head="token").eval()
+    rgba = torch.rand(1, 4, 32, 32, 32)
+    valid = torch.ones(1, 32, 32, 32, dtype=torch.bool)
+    out = model(rgba, valid, generator=torch.Generator().manual_seed(0))
+    assert out.pred.shape == (1, 4, 32, 32, 32) and torch.isfinite(out.loss)
+    # the linear head: voxel (i, j, k) of token (0, 0, 0) is output channel ((i*4+j)*4+k)*4+c
+    with torch.no_grad():
+        feats = model.decoder.skip_upsample(model.forward_features(rgba))
+        tokens = model.decoder.out(feats)  # (1, 64 * 4, 8, 8, 8)
+    assert torch.allclose(model.decoder(model.forward_features(rgba))[0, :, 1, 2, 3],
+                          tokens[0, ((1 * 4 + 2) * 4 + 3) * 4 :][:4, 0, 0, 0], atol=1e-6)

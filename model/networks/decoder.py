@@ -176,3 +176,24 @@ class UNETRDecoder(SkipUpsampling, nn.Module):
     def forward(self, feats: Sequence[Tensor]) -> Tensor:
         """Stage outputs ``(B, C_i, D_i, H_i, W_i)`` -> ``(B, out_channels, D, H, W)``."""
         return self.out(self.decoder1(self.skip_upsample(feats)))
+
+
+class TokenDecoder(SkipUpsampling, nn.Module):
+    """Blocks 4-2, then one linear map per token to its ``patch_size^3`` voxels (SimMIM's
+    light prediction head): no full-resolution block, whose convolutions at ``S^3`` voxels
+    are most of a small MAE's CPU step. Blocks 4-2 keep the UNETR decoder's names, so they
+    transfer to the fine-tuning networks either way.
+    """
+
+    def __init__(self, dims: Sequence[int], patch_size: int, out_channels: int = 4) -> None:
+        super().__init__()
+        self.add_skip_upsampling(dims)
+        self.patch_size = patch_size
+        self.out = nn.Conv3d(dims[0], patch_size**3 * out_channels, 1)
+        self.to(memory_format=CL3D)
+
+    def forward(self, feats: Sequence[Tensor]) -> Tensor:
+        """Stage outputs ``(B, C_i, D_i, H_i, W_i)`` -> ``(B, out_channels, D, H, W)``."""
+        p = self.patch_size
+        tokens = self.out(self.skip_upsample(feats))  # (B, p^3 C, T, T, T)
+        return rearrange(tokens, "b (i j k c) d h w -> b c (d i) (h j) (w k)", i=p, j=p, k=p)

@@ -18,7 +18,7 @@ import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from model.networks.decoder import UNETRDecoder
+from model.networks.decoder import TokenDecoder, UNETRDecoder
 from model.networks.encoder import EncoderFront
 
 
@@ -61,6 +61,13 @@ class MAEConfig:
     """How voxels weigh in the colour loss. "gate" (code): 1 for opaque voxels, normalised by their
     count. "alpha" (the paper's "opacity-aware" formula, unverified): the opaque voxels' squared
     error weighted by their ground-truth alpha, normalised by the sum of those alphas."""
+    alpha_balance: Literal["none", "occupied_empty"] = "none"
+    """How masked voxels weigh in the alpha loss. "none" (code): all alike, so the ~85 % that
+    are empty space dominate it. "occupied_empty": the mean over masked occupied voxels and
+    the mean over masked empty ones, averaged, so surfaces weigh as much as free space."""
+    head: Literal["voxel", "token"] = "voxel"
+    """The prediction head. "voxel" (code): the UNETR decoder's full-resolution block.
+    "token": one linear map per token to its voxels (SimMIM's light head; cheaper on a CPU)."""
 
     def __post_init__(self) -> None:
         stride = self.patch_size * 2 ** (len(self.depths) - 1)
@@ -80,6 +87,11 @@ class MAEConfig:
         if self.rgb_weighting not in ("gate", "alpha"):
             raise ValueError(f"MAEConfig.rgb_weighting={self.rgb_weighting!r} is not one of "
                              "'gate', 'alpha'")
+        if self.alpha_balance not in ("none", "occupied_empty"):
+            raise ValueError(f"MAEConfig.alpha_balance={self.alpha_balance!r} is not one of "
+                             "'none', 'occupied_empty'")
+        if self.head not in ("voxel", "token"):
+            raise ValueError(f"MAEConfig.head={self.head!r} is not one of 'voxel', 'token'")
 
     @property
     def token_grid(self) -> int:
@@ -92,7 +104,7 @@ class MAEOutput:
     """What one training step needs from the model."""
 
     loss: Tensor
-    """Scalar: ``loss_rgb + loss_alpha``."""
+    """Scalar: ``rgb_weight * loss_rgb + loss_alpha``."""
     loss_rgb: Tensor
     """Scalar colour loss (see :meth:`NeRFMAE.forward_loss`)."""
     loss_alpha: Tensor
@@ -109,7 +121,8 @@ class NeRFMAE(EncoderFront):
     def __init__(self, config: MAEConfig) -> None:
         super().__init__(config)  # encoder, pos_embed
         self.mask_token = nn.Parameter(torch.empty(config.embed_dim).normal_(std=0.02))
-        self.decoder = UNETRDecoder(self.encoder.dims, config.patch_size, config.out_channels)
+        head = UNETRDecoder if config.head == "voxel" else TokenDecoder
+        self.decoder = head(self.encoder.dims, config.patch_size, config.out_channels)
 
     def patchify(self, x: Tensor) -> Tensor:
         """``(B, C, S, S, S)`` -> ``(B, T, T, T, p^3, C)`` (the reference's patch layout)."""
@@ -157,8 +170,9 @@ class NeRFMAE(EncoderFront):
         return self.decoder(feats)
 
     def forward_loss(
-        self, rgba: Tensor, pred: Tensor, valid: Tensor, voxel_mask: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
+        self, target: Tensor, pred: Tensor, valid: Tensor, voxel_mask: Tensor,
+        rgb_weight: float = 1.0,
+    ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
         """``(loss, loss_rgb, loss_alpha)`` for targets ``(B, 4, S, S, S)`` and predictions.
 
         With ``A = [alpha > alpha_threshold] * valid`` and ``R = valid * voxel_mask``, by default
@@ -166,31 +180,36 @@ class NeRFMAE(EncoderFront):
 
             loss_rgb   = sum_v A(v) * sum_k (pred_k(v) - rgb_k(v))^2 / sum_v A(v)
             loss_alpha = sum_v R(v) * (sigmoid(pred_alpha(v)) - alpha(v))^2 / sum_v R(v)
+            loss       = rgb_weight * loss_rgb + loss_alpha
 
         The colour denominator counts voxels, not voxels x 3 channels. The code gates colour by
         alpha alone; zero padding has alpha 0, so also requiring ``valid`` changes nothing there
-        and makes both terms blind to whatever the padding holds. ``rgb_region`` and
-        ``rgb_weighting`` select the paper's variants (see :class:`MAEConfig`). An empty region
-        gives a zero term, not NaN.
+        and makes both terms blind to whatever the padding holds. ``rgb_region``,
+        ``rgb_weighting`` and ``alpha_balance`` select the variants (see :class:`MAEConfig`);
+        ``rgb_weight`` is the colour term's weight at this step (a pretraining schedule's). An
+        empty region gives a zero term, not NaN.
         """
         cfg = self.config
-        rgb, alpha = rgba[:, :3], rgba[:, 3]  # (B, 3, S, S, S), (B, S, S, S)
+        rgb, alpha = target[:, :3], target[:, 3]  # (B, 3, S, S, S), (B, S, S, S)
         pred_rgb, pred_alpha = pred[:, :3], pred[:, 3]
         valid = valid.to(torch.bool)
+        occupied = (alpha > cfg.alpha_threshold) & valid  # (B, S, S, S)
 
-        weight = (alpha > cfg.alpha_threshold) & valid  # (B, S, S, S)
-        if cfg.rgb_region == "masked_opaque":
-            weight = weight & voxel_mask
+        weight = occupied & voxel_mask if cfg.rgb_region == "masked_opaque" else occupied
         weight = weight.to(pred.dtype)
         if cfg.rgb_weighting == "alpha":
             weight = weight * alpha
         sq_rgb = (pred_rgb - rgb).square().sum(dim=1)  # (B, S, S, S)
         loss_rgb = (sq_rgb * weight).sum() / weight.sum().clamp_min(1e-12)
 
-        region = (valid & voxel_mask).to(pred.dtype)
         sq_alpha = (torch.sigmoid(pred_alpha) - alpha).square()
-        loss_alpha = (sq_alpha * region).sum() / region.sum().clamp_min(1.0)
-        return loss_rgb + loss_alpha, loss_rgb, loss_alpha
+        region = valid & voxel_mask
+        if cfg.alpha_balance == "occupied_empty":
+            parts = (region & occupied, region & ~occupied)
+            loss_alpha = sum(_masked_mean(sq_alpha, part) for part in parts) / 2
+        else:
+            loss_alpha = _masked_mean(sq_alpha, region)
+        return rgb_weight * loss_rgb + loss_alpha, loss_rgb, loss_alpha
 
     def voxel_mask(self, token_mask: Tensor) -> Tensor:
         """``(B, T, T, T)`` token mask -> ``(B, S, S, S)`` voxel mask."""
@@ -198,12 +217,28 @@ class NeRFMAE(EncoderFront):
         return repeat(token_mask, "b d h w -> b (d i) (h j) (w k)", i=p, j=p, k=p)
 
     def forward(
-        self, rgba: Tensor, valid: Tensor, generator: torch.Generator | None = None
+        self,
+        rgba: Tensor,
+        valid: Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        target: Tensor | None = None,
+        rgb_weight: float = 1.0,
     ) -> MAEOutput:
-        """``rgba`` ``(B, 4, S, S, S)`` zero-padded grids, ``valid`` ``(B, S, S, S)`` bool."""
+        """``rgba`` ``(B, 4, S, S, S)`` zero-padded grids, ``valid`` ``(B, S, S, S)`` bool;
+        ``target`` (default ``rgba``) is what the loss reconstructs (a control run passes
+        shuffled grids), ``rgb_weight`` the colour term's weight."""
         t = self.config.token_grid
         token_mask = self.random_masking(rgba.shape[0], (t, t, t), generator)  # (B, T, T, T)
         pred = self.forward_decoder(self.forward_encoder(rgba, token_mask))
         voxel_mask = self.voxel_mask(token_mask)
-        loss, loss_rgb, loss_alpha = self.forward_loss(rgba, pred, valid, voxel_mask)
+        target = rgba if target is None else target
+        loss, loss_rgb, loss_alpha = self.forward_loss(target, pred, valid, voxel_mask,
+                                                       rgb_weight)  # fmt: skip
         return MAEOutput(loss, loss_rgb, loss_alpha, pred, voxel_mask)
+
+
+def _masked_mean(values: Tensor, region: Tensor) -> Tensor:
+    """Mean of ``values`` over the ``True`` voxels of ``region`` (0 for an empty region)."""
+    region = region.to(values.dtype)
+    return (values * region).sum() / region.sum().clamp_min(1.0)

@@ -56,7 +56,8 @@ class FinetuneConfig(TrainingConfig):
 
     trajectory_fields: ClassVar[tuple[str, ...]] = (
         *TrainingConfig.trajectory_fields, "pretrained", "scratch", "train_scenes",
-        "label_fraction", "allow_resolution_change", "freeze_pretrained",
+        "label_fraction", "allow_resolution_change", "freeze_pretrained", "carried_lr_scale",
+        "frozen_warmup",
     )  # fmt: skip
 
     pretrained: str | None = None
@@ -74,6 +75,13 @@ class FinetuneConfig(TrainingConfig):
     """Train only the new parts and keep what the checkpoint sets (the encoder, and decoder
     blocks 4-2 for the dense tasks) as initialised: a probe of what pretraining put there
     (with ``scratch``, of random features)."""
+    carried_lr_scale: float = 1.0
+    """Learning rate of the carried weights (what ``pretrained`` sets) over ``lr``: below 1
+    a fine-tuning run adapts the pretrained encoder instead of overwriting it (scratch runs
+    use the same rate for the same weights, so both follow one protocol)."""
+    frozen_warmup: float = 0.0
+    """Share of the optimiser steps during which the carried weights stay frozen while the
+    new parts learn to read them; then they train at ``carried_lr_scale x`` the schedule."""
     preset: str = "swin_s"
     epochs: int = 1000
     batch_size: int = 8
@@ -86,6 +94,10 @@ class FinetuneConfig(TrainingConfig):
             self.fail("pretrained", "give exactly one of a pretraining checkpoint and scratch")
         if not 0.0 < self.label_fraction <= 1.0:
             self.fail("label_fraction", "must be in (0, 1]")
+        if not self.carried_lr_scale > 0:
+            self.fail("carried_lr_scale", "must be > 0")
+        if not 0.0 <= self.frozen_warmup < 1.0:
+            self.fail("frozen_warmup", "must be in [0, 1)")
 
 
 def encoder_config(config: TrainingConfig) -> MAEConfig:
@@ -207,11 +219,32 @@ class DenseTask(EncoderTask):
         self.freeze(model)
         return model
 
+    def carried_parameters(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+        """The parameters pretraining sets (in scratch runs too: the same tensors)."""
+        prefixes = tuple(self.carried_prefixes.values())
+        return [(n, p) for n, p in model.named_parameters() if n.startswith(prefixes)]
+
     def freeze(self, model: nn.Module) -> None:
-        if self.config.freeze_pretrained:
-            for name, parameter in model.named_parameters():
-                if name.startswith(tuple(self.carried_prefixes.values())):
-                    parameter.requires_grad_(False)
+        frozen = self.config.freeze_pretrained or self.config.frozen_warmup > 0
+        for _, parameter in self.carried_parameters(model) if frozen else ():
+            parameter.requires_grad_(False)
+
+    def parameter_groups(self, model: nn.Module) -> list[tuple[str, list[nn.Parameter], float]]:
+        carried = {id(p) for _, p in self.carried_parameters(model)}
+        return [
+            ("new", [p for p in model.parameters() if id(p) not in carried], 1.0),
+            ("carried", [p for p in model.parameters() if id(p) in carried],
+             self.config.carried_lr_scale),
+        ]  # fmt: skip
+
+    def begin_step(self, model: nn.Module, step: int, total_steps: int) -> dict[str, float]:
+        c = self.config
+        if c.frozen_warmup <= 0 or c.freeze_pretrained:
+            return {}
+        frozen = step < round(c.frozen_warmup * total_steps)
+        for _, parameter in self.carried_parameters(model):
+            parameter.requires_grad_(not frozen)
+        return {"carried_frozen": float(frozen)}
 
     def model_config(self) -> dict[str, Any]:
         return json_ready({**dataclasses.asdict(self.mae_config), "network": self.name,

@@ -35,7 +35,7 @@ from model.detection.inference import detect
 from model.detection.losses import LOSS_TERMS, fcos_losses
 from model.detection.targets import LevelLayout, assign_targets, level_layout
 from model.metrics.detection import DetectionEvaluator
-from model.networks.detector import Detector, DetectorConfig
+from model.networks.detector import UNBOUNDED, Detector, DetectorConfig
 from model.pictures.boxes import save_box_views
 from model.tasks.base import DenseTask, FinetuneConfig
 from model.training.cli import Shortcut
@@ -46,6 +46,9 @@ from model.training.task import Batch, report_value
 from model.training.validation import BatchMetric
 
 logger = logging.getLogger(__name__)
+
+REFERENCE_GRID = 160
+"""Side of the grids NeRF-RPN's size ranges were chosen for (facts section 6.3)."""
 
 
 @dataclass
@@ -74,16 +77,31 @@ class DetectConfig(FinetuneConfig):
         if self.num_classes is not None and self.num_classes < 2:
             self.fail("num_classes", "must be >= 2 or None (class-agnostic)")
 
-    def detector_config(self) -> DetectorConfig:
-        """The :class:`DetectorConfig` these fields ask for."""
+    def detector_config(self, input_size: int) -> DetectorConfig:
+        """The :class:`DetectorConfig` these fields ask for, for a network whose input cube
+        has ``input_size`` voxels a side. Unless overridden, the reference's per-level size
+        ranges (set for its 160^3 grids) are scaled to that size: objects span a fixed share
+        of a room whatever its resolution, so at 64^3 the unscaled ranges would send almost
+        every box to the finest level and leave the deep, contextual levels no positives."""
         overrides = dict(self.detector_overrides)
         if self.num_classes is not None:
             overrides["num_classes"] = self.num_classes
+        if "size_ranges" not in overrides:
+            overrides["size_ranges"] = scaled_size_ranges(input_size)
         try:
             return DetectorConfig(**overrides)
         except TypeError as exc:
             known = [f.name for f in dataclasses.fields(DetectorConfig)]
             raise ValueError(f"detector_overrides: {exc}; known fields: {known}") from None
+
+
+def scaled_size_ranges(input_size: int) -> list[list[float]]:
+    """The reference's size ranges for 160^3 grids, in voxels of an ``input_size`` grid
+    (the last level stays unbounded)."""
+    scale = input_size / REFERENCE_GRID
+    reference = DetectorConfig().size_ranges
+    return [[lo * scale if lo > 0 else lo, hi * scale if hi < UNBOUNDED else hi]
+            for lo, hi in reference]  # fmt: skip
 
 
 def _feed_evaluator(evaluator: DetectionEvaluator, batch: Batch, p: dict) -> None:
@@ -101,12 +119,13 @@ class DetectionTask(DenseTask):
     description = "oriented 3D boxes, NeRF-RPN's anchor-free FCOS head (AP25, AP50)"
     loss_terms = LOSS_TERMS
     val_keys = ("ap50", "ap25", "recall50@300", "loss")
+    selection_key = "ap50"
     picture_dir = "boxes"
     carried_prefixes = ENCODER_ONLY
 
     def __init__(self, config: DetectConfig, ctx) -> None:
         super().__init__(config, ctx)
-        self.detector_config = config.detector_config()
+        self.detector_config = config.detector_config(self.input_size)
         self.augment_generator = torch.Generator().manual_seed(config.seed * 7_919 + ctx.rank)
         self._layouts: dict[tuple, LevelLayout] = {}
         self.class_names: list[str] | None = None

@@ -16,6 +16,14 @@ the model's ``mask_per_sample`` the i-th grid of every micro-batch shares a mask
 Validation uses a fixed-seed generator, restarted for every pass, so every evaluation
 scores the same masks.
 
+Objectives (:mod:`model.tasks.objectives`): ``objective`` names the loss's settings and
+the colour weight's schedule (``paper``: the reference's loss; ``structure_first``: the
+colour weight ramped from 0 to 1); ``rgb_schedule`` / ``rgb_ramp`` and ``model_overrides``
+(``--rgb-region``, ``--rgb-weighting``, ``--alpha-balance``) change one setting of it. The
+resolved objective is recorded in ``config.json``, the summary and the checkpoint's model
+config. Validation always scores the paper's loss (colour weight 1), so runs with different
+objectives compare.
+
 Command line: ``nerfmae pretrain`` or, one rank of ``torchrun``, ``python -m model.pretrain
 --store URL --out RUN [--field value ...]`` (every :class:`PretrainConfig` field is a flag).
 """
@@ -26,7 +34,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -36,6 +44,8 @@ from model.metrics.reconstruction import ReconstructionMetrics
 from model.networks.presets import build_mae
 from model.pictures.reconstruction import save_reconstruction
 from model.tasks.base import EncoderTask, encoder_config
+from model.tasks.objectives import OBJECTIVES, Objective, shuffled_targets
+from model.training.cli import Shortcut
 from model.training.config import TrainingConfig, json_ready
 from model.training.distributed import DistributedContext
 from model.training.steps import accumulate_task_gradients, autocast
@@ -54,15 +64,65 @@ class PretrainConfig(TrainingConfig):
     resolved as ``RUN/config.json``. See :class:`model.training.config.TrainingConfig`."""
 
     task = "pretrain"
+    cli_shortcuts: ClassVar[dict[str, Any]] = {
+        f"--{name.replace('_', '-')}": Shortcut("model_overrides", name, str, help)
+        for name, help in (
+            ("rgb_region", "where the colour loss applies: all_opaque | masked_opaque"),
+            ("rgb_weighting", "colour loss voxel weights: gate | alpha"),
+            ("alpha_balance", "alpha loss over masked voxels: none | occupied_empty"),
+            ("head", "prediction head: voxel (UNETR's full-resolution block) | token (linear)"),
+        )
+    }  # fmt: skip
+    trajectory_fields: ClassVar[tuple[str, ...]] = (
+        *TrainingConfig.trajectory_fields, "objective", "rgb_schedule", "rgb_ramp",
+        "shuffle_targets",
+    )  # fmt: skip
+
+    objective: str = "structure_first"
+    """The pretraining objective (:data:`model.tasks.objectives.OBJECTIVES`): ``paper`` (the
+    reference's loss), ``structure_first`` (colour weight ramped 0 -> 1 with a cosine),
+    ``structure_first_balanced`` (and alpha balanced between occupied and empty voxels)."""
+    rgb_schedule: str | None = None
+    """Colour weight schedule, ``constant`` or ``cosine`` (``None``: the objective's)."""
+    rgb_ramp: float | None = None
+    """Share of the run the cosine colour ramp lasts (``None``: the objective's)."""
+    shuffle_targets: bool = False
+    """Control run: reconstruct each grid's voxels in a fixed random order (structureless
+    targets) instead of the grid itself."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.objective not in OBJECTIVES:
+            self.fail("objective", f"not one of {', '.join(OBJECTIVES)}")
+        try:
+            self.resolved_objective()
+        except ValueError as exc:
+            raise ValueError(f"{type(self).__name__}: {exc}") from None
+
+    def resolved_objective(self) -> Objective:
+        """The objective with this run's ``rgb_schedule`` / ``rgb_ramp`` and the loss fields
+        of ``model_overrides`` applied."""
+        base = OBJECTIVES[self.objective]
+        changes = {k: v for k, v in (("rgb_schedule", self.rgb_schedule),
+                                     ("rgb_ramp", self.rgb_ramp)) if v is not None}  # fmt: skip
+        changes |= {k: v for k, v in self.model_overrides.items() if k in base.model_fields()}
+        return dataclasses.replace(base, **changes)
 
 
 def mae_losses(
-    model: nn.Module, batch: Batch, device: torch.device, generator: torch.Generator | None
+    model: nn.Module,
+    batch: Batch,
+    device: torch.device,
+    generator: torch.Generator | None,
+    rgb_weight: float = 1.0,
+    shuffle: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """The MAE's loss terms on one micro-batch (``rgba`` ``(B, 4, S, S, S)``, ``valid``)."""
+    """The MAE's loss terms on one micro-batch (``rgba`` ``(B, 4, S, S, S)``, ``valid``),
+    the colour term weighted by ``rgb_weight``; ``shuffle``: against shuffled targets."""
     rgba = batch["rgba"].to(device, non_blocking=True)  # (b, 4, S, S, S)
     valid = batch["valid"].to(device, non_blocking=True)  # (b, S, S, S)
-    out = model(rgba, valid, generator=generator)
+    target = shuffled_targets(rgba, valid, batch["scene_id"]) if shuffle else None
+    out = model(rgba, valid, generator=generator, target=target, rgb_weight=rgb_weight)
     return {"loss": out.loss, "loss_rgb": out.loss_rgb, "loss_alpha": out.loss_alpha}
 
 
@@ -105,7 +165,12 @@ class MAETask(EncoderTask):
 
     def __init__(self, config: PretrainConfig, ctx: DistributedContext) -> None:
         self.config = config
-        self.mae_config = encoder_config(config)  # validates before data work
+        self.objective = config.resolved_objective()
+        self.rgb_weight = self.objective.rgb_weight(0, 1)
+        # the objective's loss settings, unless model_overrides names them (validates too)
+        self.mae_config = encoder_config(dataclasses.replace(
+            config, model_overrides={**self.objective.model_fields(), **config.model_overrides}
+        ))  # fmt: skip
         self.mask_generator = torch.Generator(device=ctx.device).manual_seed(
             config.seed * 1_000_003 + ctx.rank
         )
@@ -129,12 +194,22 @@ class MAETask(EncoderTask):
     def step_generators(self) -> dict[str, torch.Generator]:
         return {"mask": self.mask_generator}
 
+    def begin_step(self, model, step, total_steps):
+        self.rgb_weight = self.objective.rgb_weight(step, total_steps)
+        return {"rgb_weight": self.rgb_weight}
+
     def losses(self, model, batch, device):
-        return mae_losses(model, batch, device, self.mask_generator)
+        return mae_losses(model, batch, device, self.mask_generator, self.rgb_weight,
+                          self.config.shuffle_targets)  # fmt: skip
 
     def memory_probe(self, model, batch):
         # The run's mask generator must not advance: the probe draws from the global one.
         return mae_losses(model, batch, torch.device("meta"), None)
+
+    def run_info(self) -> dict[str, Any]:
+        return {"objective": self.config.objective,
+                "objective_settings": dataclasses.asdict(self.objective),
+                "shuffle_targets": self.config.shuffle_targets}  # fmt: skip
 
     def begin_validation(self) -> None:
         self.val_generator.manual_seed(self.config.seed + VALIDATION_SEED_OFFSET)

@@ -76,6 +76,7 @@ class SemanticsTask(DenseTask):
     description = "label every voxel (mIoU, mAcc, allAcc)"
     loss_terms = ("loss",)
     val_keys = ("miou", "macc", "allacc", "loss")
+    selection_key = "miou"
     picture_dir = "labels"
 
     def __init__(self, config: SemanticsConfig, ctx) -> None:

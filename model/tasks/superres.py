@@ -101,6 +101,7 @@ class SuperResolutionTask(DenseTask):
     description = "predict a finer grid of the same scenes (PSNR on occupied voxels)"
     loss_terms = ("loss",)
     val_keys = ("psnr", "mse", "mean_batch_psnr", "loss")
+    selection_key = "psnr"
     picture_dir = "superres"
 
     def __init__(self, config: SuperresConfig, ctx) -> None:

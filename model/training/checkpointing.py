@@ -42,6 +42,7 @@ LEGACY_FORMATS = ("nerf-mae-pretrain",)
 """Format stamps of older checkpoints, read as :data:`CHECKPOINT_FORMAT`."""
 CHECKPOINT_VERSION = 1
 LATEST = "latest.pt"
+BEST = "best.pt"
 _STEP_FILE = re.compile(r"^step_(\d{6,})\.pt$")
 
 
@@ -191,6 +192,15 @@ def save_checkpoint(
             old.unlink(missing_ok=True)
     logger.info("checkpoint %s", step_path)
     return step_path
+
+
+def save_best_checkpoint(checkpoint: dict[str, Any], directory: str | Path) -> Path:
+    """Write ``checkpoint`` as ``<directory>/best.pt`` (replacing the previous best)."""
+    path = Path(directory) / BEST
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: torch.save(checkpoint, f))
+    logger.info("best checkpoint %s (step %d)", path, checkpoint["position"]["step"])
+    return path
 
 
 def load_file(path: str | Path, trusted: bool = False) -> Any:

@@ -95,6 +95,21 @@ class Task(ABC):
     def freeze(self, model: nn.Module) -> None:  # noqa: B027 (optional hook)
         """Turn off gradients of what the run keeps fixed (also applied to the memory probe)."""
 
+    def parameter_groups(self, model: nn.Module) -> list[tuple[str, list[nn.Parameter], float]]:
+        """``(name, parameters, learning-rate scale)`` per optimiser group, the full-rate
+        group first (its rate is the one logged). By default one group."""
+        return [("all", list(model.parameters()), 1.0)]
+
+    def begin_step(self, model: nn.Module, step: int, total_steps: int) -> dict[str, float]:
+        """Called before optimiser step ``step`` (0-based) of ``total_steps``, on the bare
+        model: where a schedule moves (a loss weight, weights unfrozen after a warm-up).
+        Returns figures to log with the step."""
+        return {}
+
+    selection_key: ClassVar[str | None] = None
+    """Validation figure (higher is better) that picks the run's best checkpoint
+    (``checkpoints/best.pt``); ``None``: the run keeps no best checkpoint."""
+
     @abstractmethod
     def model_config(self) -> dict[str, Any]:
         """The model's config as JSON values (config.json, checkpoints)."""

@@ -23,6 +23,7 @@ import torch
 
 from grid_store import GridStore
 from model.training.checkpointing import (
+    BEST,
     DataPosition,
     apply_checkpoint,
     capture_rng_state,
@@ -30,6 +31,7 @@ from model.training.checkpointing import (
     load_checkpoint,
     make_checkpoint,
     restore_rng_state,
+    save_best_checkpoint,
     save_checkpoint,
 )
 from model.training.config import (
@@ -58,7 +60,7 @@ from model.training.steps import (
     resolve_amp_dtype,
 )
 from model.training.task import Batch, Task
-from model.training.validation import LossMeans
+from model.training.validation import LossMeans, validation_pass
 
 logger = logging.getLogger(__name__)
 
@@ -126,12 +128,17 @@ class Trainer:
         self.parameters = sum(p.numel() for p in bare.parameters())
         bare.to(ctx.device).train()
         self.model = wrap_ddp(bare, ctx)
+        groups = [(name, params, scale) for name, params, scale in task.parameter_groups(bare)
+                  if params]  # fmt: skip
+        self.lr_scales = {name: scale for name, _, scale in groups}
         self.optimizer = torch.optim.AdamW(
-            bare.parameters(), lr=config.lr, weight_decay=config.weight_decay
-        )
+            [{"params": params, "lr": config.lr * scale, "name": name}
+             for name, params, scale in groups],
+            lr=config.lr, weight_decay=config.weight_decay,
+        )  # fmt: skip
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            self.optimizer, max_lr=config.lr, total_steps=self.total_steps,
-            pct_start=config.pct_start,
+            self.optimizer, max_lr=[config.lr * scale for _, _, scale in groups],
+            total_steps=self.total_steps, pct_start=config.pct_start,
         )  # fmt: skip
         # Per-rank streams: different masks and stochastic-depth draws on each rank.
         torch.manual_seed(config.seed + 1 + ctx.rank)
@@ -140,6 +147,7 @@ class Trainer:
         self.position = DataPosition(step=0, epoch=0, step_in_epoch=0)
         self.resumed_from: Path | None = None
         self.last_picture: Path | None = None
+        self.best: dict[str, Any] = {}
         if config.resume:
             self._resume()
 
@@ -178,19 +186,41 @@ class Trainer:
             for i, generator in enumerate(self.generators.values()):
                 generator.manual_seed(self.config.seed + step + rank + 7 * i)
         self.resumed_from = path
+        best = self.folder.checkpoints / BEST
+        if self.task.selection_key and best.is_file():
+            self.best = load_checkpoint(best)["metrics"].get("best", {})
         logger.info("resumed from %s at step %d (epoch %d)", path, self.position.step,
                     self.position.epoch)  # fmt: skip
 
-    def _save(self, metrics: dict[str, Any]) -> Path | None:
+    def _checkpoint(self, metrics: dict[str, Any]) -> dict[str, Any] | None:
+        """This rank's part of a checkpoint (a collective); the checkpoint on rank 0."""
         rng = self.ctx.all_gather_objects(capture_rng_state(self.generators))
         if not self.ctx.is_main:
             return None
-        checkpoint = make_checkpoint(
+        return make_checkpoint(
             unwrap(self.model), self.optimizer, self.scheduler, self.position, rng,
             task=self.task.name, config=self.config.as_json(), model_config=self.model_config,
             metrics=json_ready({**metrics, "steps_per_epoch": self.steps_per_epoch}),
         )  # fmt: skip
+
+    def _save(self, metrics: dict[str, Any]) -> Path | None:
+        checkpoint = self._checkpoint(metrics)
+        if checkpoint is None:
+            return None
         return save_checkpoint(checkpoint, self.folder.checkpoints, self.config.keep_checkpoints)
+
+    def _keep_if_best(self, val: dict[str, Any]) -> None:
+        """``checkpoints/best.pt`` when the task's selection figure beats every earlier
+        validation of the run (the same decision on every rank: figures are merged)."""
+        key = self.task.selection_key
+        value = val.get(key) if key else None
+        if value is None or (self.best and value <= self.best["value"]):
+            return
+        self.best = {"key": key, "value": value, "step": self.position.step}
+        checkpoint = self._checkpoint({f"val_{k}": val.get(k) for k in self.task.val_keys}
+                                      | {"best": self.best})  # fmt: skip
+        if checkpoint is not None:
+            save_best_checkpoint(checkpoint, self.folder.checkpoints)
 
     def _config_payload(self) -> dict[str, Any]:
         return {
@@ -231,19 +261,10 @@ class Trainer:
         grid. Returns the task's figures (the same on every rank)."""
         step, ctx, task = self.position.step, self.ctx, self.task
         picture = self.folder.picture_path(task.picture_dir, step) if ctx.is_main else None
-        bare = unwrap(self.model)
-        was_training = bare.training
-        bare.eval()
-        task.begin_validation()
-        metric, losses = task.metric(), LossMeans()
-        for i, batch in enumerate(self.val_loader):
-            prediction = task.predict(bare, batch, ctx.device, self.amp_dtype)
-            metric.update(batch, prediction)
-            losses.update(prediction.get("losses", {}), len(batch["scene_id"]))
-            if i == 0 and picture is not None:
-                task.draw(picture, batch, prediction, f"step {step} scene {batch['scene_id'][0]}")
-                self.last_picture = picture
-        bare.train(was_training)
+        metric, losses = validation_pass(task, unwrap(self.model), self.val_loader, ctx.device,
+                                         self.amp_dtype, picture, f"step {step}")  # fmt: skip
+        if picture is not None:
+            self.last_picture = picture
         # a collective: every rank; validation shards are disjoint, so no scene counts twice
         states = ctx.all_gather_objects((metric.state_dict(), losses.state_dict()))
         merged, merged_losses = task.metric(), LossMeans()
@@ -256,6 +277,16 @@ class Trainer:
             scalars = {k: v for k, v in result.items() if not isinstance(v, (dict, list))}
             logger.info("step %d validation: %s", step, scalars)
         return result
+
+    def _begin_step(self) -> dict[str, float]:
+        """The task's schedule for the coming step; DDP is wrapped again when it changed
+        which parameters train (DDP fixes its gradient buckets at construction)."""
+        bare = unwrap(self.model)
+        before = [p.requires_grad for p in bare.parameters()]
+        scheduled = self.task.begin_step(bare, self.position.step, self.total_steps)
+        if self.ctx.is_distributed and before != [p.requires_grad for p in bare.parameters()]:
+            self.model = wrap_ddp(bare, self.ctx)
+        return scheduled
 
     def _losses(self, model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         return self.task.losses(model, batch, self.ctx.device)
@@ -285,6 +316,7 @@ class Trainer:
         batches = self.batches()
         while self.position.step < self.stop_step:
             tic = time.perf_counter()
+            scheduled = self._begin_step()
             terms = accumulate_task_gradients(
                 self.model, next(batches), self._losses, task.loss_terms, ctx.device,
                 self.amp_dtype, self.shared_generators,
@@ -306,7 +338,8 @@ class Trainer:
                 mean_terms = (ctx.all_reduce_mean(window) / window_steps).tolist()
                 last_train = dict(zip(task.loss_terms, mean_terms, strict=True))
                 record = {
-                    "step": step, "epoch": step / self.steps_per_epoch, **last_train, "lr": lr,
+                    "step": step, "epoch": step / self.steps_per_epoch, **last_train,
+                    **scheduled, "lr": lr,
                     "grad_norm": float(grad_norm),
                     "grids_per_s": window_steps * config.batch_size / max(window_seconds, 1e-9),
                 }  # fmt: skip
@@ -322,6 +355,7 @@ class Trainer:
             if self.val_loader is not None and (step % config.eval_every == 0 or is_last):
                 val = self.validate()
                 evaluated_at = step
+                self._keep_if_best(val)
             if step % config.checkpoint_every == 0 or is_last:
                 checkpoint_path = self._save({f"val_{k}": val.get(k) for k in task.val_keys})
         batches.close()
@@ -337,6 +371,16 @@ class Trainer:
             logger.info("%s done: %s", task.name, json.dumps(summary, default=str))
         ctx.barrier()
         return summary
+
+    def _best_summary(self) -> dict[str, Any]:
+        if not self.task.selection_key:
+            return {}
+        best = self.best
+        return {
+            "best_step": best.get("step"),
+            f"best_val_{self.task.selection_key}": best.get("value"),
+            "best_checkpoint": str(self.folder.checkpoints / BEST) if best else None,
+        }
 
     def _summary(self, val, last_train, train_steps, train_seconds, seconds, checkpoint_path):
         config, task, folder = self.config, self.task, self.folder
@@ -359,6 +403,7 @@ class Trainer:
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
             "run_dir": str(folder.root),
             "checkpoint": str(checkpoint_path) if checkpoint_path else None,
+            **self._best_summary(),
             "tensorboard_dir": str(folder.tensorboard_dir),
             f"{task.picture_dir}_png": str(self.last_picture) if self.last_picture else None,
             "config_path": str(folder.config_path),

@@ -13,10 +13,15 @@ those of the whole validation set, not of rank 0's share.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from model.training.task import Task
 
 
 class LossMeans:
@@ -62,3 +67,32 @@ class BatchMetric:
 
     def compute(self) -> dict[str, Any]:
         return self.accumulator.compute()
+
+
+@torch.no_grad()
+def validation_pass(
+    task: Task,
+    model: nn.Module,
+    batches: Iterable[dict[str, Any]],
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    picture: Path | None = None,
+    title: str = "",
+) -> tuple[Any, LossMeans]:
+    """One pass of ``task``'s validation over ``batches`` with the bare ``model`` in eval
+    mode (restored after): its metric and loss means, not yet merged over ranks; the first
+    grid drawn to ``picture`` when given."""
+    was_training = model.training
+    model.eval()
+    task.begin_validation()
+    metric, losses = task.metric(), LossMeans()
+    try:
+        for i, batch in enumerate(batches):
+            prediction = task.predict(model, batch, device, amp_dtype)
+            metric.update(batch, prediction)
+            losses.update(prediction.get("losses", {}), len(batch["scene_id"]))
+            if i == 0 and picture is not None:
+                task.draw(picture, batch, prediction, f"{title} scene {batch['scene_id'][0]}")
+    finally:
+        model.train(was_training)
+    return metric, losses
