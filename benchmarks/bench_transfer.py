@@ -1,25 +1,32 @@
 """What pretraining is worth: NeRF-MAE's label-efficiency experiment at this machine's scale.
 
-Synthetic rooms, split by seed into three disjoint sets: a pretraining set (no labels
-used), a labelled pool the fine-tuning runs draw their rooms from, and a test set. Grids
-are the rooms' exact ground truth at ``--resolution`` after the empty-space rule extracted
-grids follow (``RadianceGrid.with_empty_space(0.01)``), or any labelled store
-(``--store``, its scenes split by hash). One ``tiny`` MAE is pretrained for a fixed
-budget; then for every labelled budget (rooms) and seed, semantic labelling is fine-tuned
-from that checkpoint and from scratch with identical networks, schedules and steps, and
-scored on the test rooms (mIoU, mAcc, allAcc over the classes present). With
-``--superres`` the same comparison is made for x2 super-resolution at the smallest budget
-(inputs at half the resolution, the pretrained encoder's positional table re-sized). With
-``--task detect`` the downstream task is oriented-box detection (NeRF-RPN's FCOS head on the
-encoder alone; only ``encoder.*`` is loaded), scored by AP25/AP50 on the test rooms.
+Synthetic rooms, drawn from ``--data-seed``, in four disjoint sets: pretraining rooms (no
+labels used), a labelled pool the fine-tuning runs take their rooms from, validation rooms
+(the checkpoint of each fine-tuning run is the best on them) and test rooms (scored once,
+with that checkpoint). Grids are the rooms' exact ground truth at ``--resolution`` after the
+empty-space rule extracted grids follow. Room arms (``--arms``): ``independent`` (every
+object's materials drawn independently of its class, so labels must be read from shape)
+and ``by_class`` (each class its own material recipe); both with parts thickened to
+``--min-part-size`` so that legs, poles and shelves survive the grid.
 
-    .venv/bin/python benchmarks/bench_transfer.py                     # the BENCHMARKS.md table
-    .venv/bin/python benchmarks/bench_transfer.py --budgets 4 --seeds 0 --finetune-steps 20
-    .venv/bin/python benchmarks/bench_transfer.py --task detect \
-        --out bench_out/bench_transfer_detect.json
+For each arm, objective (``--objectives``, :data:`model.tasks.objectives.OBJECTIVES`) and
+pretraining seed one ``tiny`` MAE is pretrained (checkpoints every ``--probe-every`` steps
+are kept for ``bench_probe.py``). For each labelled budget and fine-tuning seed the task is
+fine-tuned from scratch and from every pretrained encoder, with one protocol for all
+(``--finetune-lr`` for the new parts, ``--carried-lr-scale`` times that for the weights
+pretraining sets, frozen for the first ``--frozen-warmup`` of the steps). Each pretrained
+run is paired with the scratch run of the same fine-tuning seed; the gain is the mean
+paired difference and its 95 % interval a bootstrap over test rooms (the same resampled
+rooms for both runs of a pair).
 
-Writes ``bench_out/bench_transfer.json`` (every run's summary) and, with ``--plot``, a PNG
-of score against labelled rooms with both curves.
+    .venv/bin/python benchmarks/bench_transfer.py --task detect      # BENCHMARKS.md
+    .venv/bin/python benchmarks/bench_transfer.py --task detect --budgets 2 --seeds 0 \\
+        --pretrain-seeds 0 --objectives structure_first --finetune-steps 20   # a smoke run
+
+Writes ``--out`` (every run's test figures, the paired table and ``summary``: for the
+smallest budget of the first arm and objective, ``gain_<headline>`` and ``ci95_low``) and,
+with ``--plot``, score against labelled rooms per arm. Finished runs in ``--work`` are
+reused (``--fresh`` ignores them), so separate invocations share their pretraining.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import platform
 import statistics
 import sys
@@ -35,55 +43,53 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TQDM_DISABLE", "1")  # one line per run instead of progress bars
 
 import torch  # noqa: E402
 
 from grid_store import GridStore  # noqa: E402
+from model.metrics.detection import DetectionEvaluator  # noqa: E402
+from model.metrics.semantic import scores_from_confusion  # noqa: E402
 from model.tasks import finetune, make_config  # noqa: E402
+from model.tasks.evaluation import evaluate_checkpoint  # noqa: E402
 from model.tasks.pretrain import PretrainConfig, pretrain  # noqa: E402
-from model.training.config import rank_by_hash  # noqa: E402
 
-PRETRAIN_SEED0, POOL_SEED0, TEST_SEED0 = 10_000, 0, 5_000
+SETS = {"pretrain": 10_000, "pool": 0, "val": 20_000, "test": 5_000}
+"""First room seed of each set (``--data-seed N`` adds ``N * DATA_SEED_STRIDE``)."""
+DATA_SEED_STRIDE = 100_000
+SHUFFLED = "shuffled_control"
+"""The control init: an MAE of the first objective pretrained on shuffled targets."""
 METRICS = {
     "semantics": [("miou", "mIoU"), ("macc", "mAcc"), ("allacc", "allAcc")],
-    "detect": [("ap25", "AP25"), ("ap50", "AP50"), ("recall50@300", "R50@300")],
+    "detect": [("ap50", "AP50"), ("ap25", "AP25"), ("recall50@300", "R50@300")],
 }
-"""Per task, the test-set scores reported (the first two are plotted; the headline is
-the first for semantics, AP50 for detection)."""
-HEADLINE = {"semantics": "miou", "detect": "ap50"}
+"""Per task, the test-set figures reported; the first is the headline (paired, bootstrapped)."""
 
 
 def room_ids(first_seed: int, n: int) -> list[str]:
-    return [f"room{first_seed + i:05d}" for i in range(n)]
+    return [f"room{first_seed + i:06d}" for i in range(n)]
 
 
-def write_ground_truth(url: str, scene_ids: list[str], resolution: int) -> None:
-    """Ground-truth grids of the rooms ``scene_ids`` (named by their seed), once."""
+def write_rooms(url: str, scene_ids: list[str], resolution: int, room_config) -> float:
+    """Ground-truth grids of the rooms ``scene_ids`` (named by their seed), once; seconds."""
     from pipeline.synthetic.ground_truth import sample_ground_truth
     from pipeline.synthetic.room import make_room
 
+    tic = time.perf_counter()
     store = GridStore(url)
     have = set(store.list_scenes())
     for scene in scene_ids:
         if scene not in have:
-            grid = sample_ground_truth(make_room(int(scene[4:])), resolution)
+            grid = sample_ground_truth(make_room(int(scene[4:]), room_config), resolution)
             store.write_grid(scene, grid.with_empty_space(0.01))
+    return time.perf_counter() - tic
 
 
-def split_store(url: str, n_pretrain: int, n_pool: int, n_test: int) -> dict[str, list[str]]:
-    """A user's labelled store cut into the three sets by a fixed hash order."""
-    ranked = rank_by_hash(GridStore(url, mode="r").list_scenes(), 7)
-    if len(ranked) < n_pretrain + n_pool + n_test:
-        raise ValueError(f"{url}: {len(ranked)} scenes, {n_pretrain + n_pool + n_test} needed")
-    return {
-        "pretrain": sorted(ranked[:n_pretrain]),
-        "pool": ranked[n_pretrain : n_pretrain + n_pool],  # hash order: budgets nest
-        "test": sorted(ranked[n_pretrain + n_pool : n_pretrain + n_pool + n_test]),
-    }
-
-
-def run_pretraining(args, store: str, scenes: list[str], out: Path) -> dict[str, Any]:
+def run_pretraining(args, store: str, scenes: list[str], objective: str, seed: int,
+                    out: Path, shuffle_targets: bool = False) -> dict[str, Any]:  # fmt: skip
     done = out / "metrics.json"
     if done.is_file() and not args.fresh:
         return json.loads(done.read_text())
@@ -92,55 +98,95 @@ def run_pretraining(args, store: str, scenes: list[str], out: Path) -> dict[str,
     config = PretrainConfig(
         store_url=store, out_dir=str(out), preset=args.preset, resolution=args.resolution,
         scenes=scenes, val_scenes=held_out, batch_size=args.pretrain_batch,
-        epochs=max(1, math.ceil(args.pretrain_steps / steps_per_epoch)), lr=args.pretrain_lr,
-        num_workers=0, log_every=20, eval_every=10**9, checkpoint_every=10**9, device="cpu",
-        model_overrides={"mask_ratio": args.mask_ratio}, resume=out.exists(),
+        epochs=max(1, math.ceil(args.pretrain_steps / steps_per_epoch)),
+        max_steps=args.pretrain_steps, lr=args.pretrain_lr, num_workers=0, log_every=20,
+        eval_every=10**9, checkpoint_every=args.probe_every, keep_checkpoints=0, device="cpu",
+        objective=objective, seed=seed, resume=out.exists(), shuffle_targets=shuffle_targets,
+        model_overrides={"mask_ratio": args.mask_ratio, "mask_block": 4, "head": args.head},
     )  # fmt: skip
     return pretrain(config)
 
 
-def run_finetuning(
-    args, store: str, scenes: dict[str, list[str]], budget: int, seed: int, init: str,
-    checkpoint: str, out: Path, task: str = "semantics", **extra: Any,
-) -> dict[str, Any]:  # fmt: skip
-    done = out / "metrics.json"
+def run_finetuning(args, store: str, sets: dict[str, list[str]], budget: int, seed: int,
+                   pretrained: str | None, out: Path) -> dict[str, Any]:  # fmt: skip
+    """One fine-tuning run, its best checkpoint on the validation rooms scored on the test
+    rooms (with each test room's metric state, for the bootstrap)."""
+    done = out / "test.pt"
     if done.is_file() and not args.fresh:
-        return json.loads(done.read_text())
-    labelled = scenes["pool"][:budget]
+        return torch.load(done, weights_only=False)
+    labelled = sets["pool"][:budget]
     batch = min(args.finetune_batch, budget)
     steps_per_epoch = budget // batch
-    if args.finetune_steps % steps_per_epoch:
-        raise ValueError(
-            f"--finetune-steps {args.finetune_steps} is not a whole number of epochs of "
-            f"{steps_per_epoch} steps ({budget} rooms, batch {batch})"
-        )
+    extra = ({"detector_overrides": {"channels": args.fpn_channels}}
+             if args.task == "detect" else {})  # fmt: skip
     config = make_config(
-        task, store_url=store, out_dir=str(out), preset=args.preset,
-        resolution=extra.pop("resolution", args.resolution), scenes=labelled + scenes["test"],
-        val_scenes=scenes["test"], train_scenes=labelled,
-        epochs=args.finetune_steps // steps_per_epoch, batch_size=batch, lr=args.finetune_lr,
-        augment=args.augment, freeze_pretrained=args.freeze_pretrained, num_workers=0,
-        log_every=10, eval_every=10**9, checkpoint_every=10**9, seed=seed, device="cpu",
-        **({"pretrained": checkpoint} if init == "pretrained" else {"scratch": True}),
-        **extra,
+        args.task, store_url=store, out_dir=str(out), preset=args.preset,
+        resolution=args.resolution, scenes=labelled + sets["val"], val_scenes=sets["val"],
+        train_scenes=labelled, epochs=math.ceil(args.finetune_steps / steps_per_epoch),
+        max_steps=args.finetune_steps, batch_size=batch, lr=args.finetune_lr,
+        carried_lr_scale=args.carried_lr_scale, frozen_warmup=args.frozen_warmup,
+        augment=True, num_workers=0, log_every=10, eval_every=args.eval_every,
+        checkpoint_every=10**9, keep_checkpoints=1, seed=seed, device="cpu",
+        **({"pretrained": pretrained} if pretrained else {"scratch": True}), **extra,
     )  # fmt: skip
     if out.exists():  # an interrupted run: start it again
         import shutil
 
         shutil.rmtree(out)
-    return finetune(config)
+    tic = time.perf_counter()
+    summary = finetune(config)
+    test = evaluate_checkpoint(summary["best_checkpoint"], sets["test"], per_scene=True)
+    result = {"summary": summary, "test": test, "seconds": time.perf_counter() - tic}
+    torch.save(result, done)
+    return result
+
+
+def report_pretraining(arm: str, objective: str, seed: int, mae: dict[str, Any]) -> None:
+    print(f"pretrain {arm:<11} {objective:<24} seed {seed}: {mae['steps']} steps, "
+          f"val PSNR {mae['val_psnr']:.2f} dB, alpha MSE {mae['val_alpha_mse']:.4f}, "
+          f"{mae['seconds']:.0f} s", flush=True)
+
+
+def headline_score(task: str, states: list[tuple[str, dict]]) -> float:
+    """The headline figure of the scene states ``(scene id, state)`` taken together (a scene
+    drawn twice counts twice)."""
+    if task == "detect":
+        first = states[0][1]
+        merged = {"config": first["config"], "labelled": first["labelled"],
+                  "scenes": {f"{sid}#{i}": next(iter(s["scenes"].values()))
+                             for i, (sid, s) in enumerate(states)}}  # fmt: skip
+        return DetectionEvaluator.from_state_dict(merged).compute()["ap50"]
+    confusion = sum(s["confusion"] for _, s in states)
+    return scores_from_confusion(confusion)["miou"]
+
+
+def paired_gain(task: str, pairs: list[tuple[dict, dict]], test: list[str], draws: int,
+                seed: int) -> dict[str, float]:  # fmt: skip
+    """Mean over pairs of (pretrained - scratch) headline on the test rooms, and its 95 %
+    bootstrap interval over test rooms (each draw resamples the rooms once for all pairs)."""
+
+    def gain(rooms: list[str]) -> float:
+        diffs = []
+        for warm, cold in pairs:
+            diffs.append(headline_score(task, [(r, warm[r]) for r in rooms])
+                         - headline_score(task, [(r, cold[r]) for r in rooms]))  # fmt: skip
+        return statistics.fmean(diffs)
+
+    rng = np.random.default_rng(seed)
+    boot = [gain([test[i] for i in rng.integers(0, len(test), len(test))])
+            for _ in range(draws)]  # fmt: skip
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return {"gain": gain(test), "ci95_low": float(low), "ci95_high": float(high),
+            "pairs": len(pairs), "draws": draws}  # fmt: skip
 
 
 def spread(values: list[float]) -> dict[str, float]:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     if not finite:
         return {"mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan}
-    return {
-        "mean": statistics.fmean(finite),
-        "std": statistics.stdev(finite) if len(finite) > 1 else 0.0,
-        "min": min(finite),
-        "max": max(finite),
-    }
+    return {"mean": statistics.fmean(finite),
+            "std": statistics.stdev(finite) if len(finite) > 1 else 0.0,
+            "min": min(finite), "max": max(finite)}  # fmt: skip
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -149,172 +195,214 @@ def plot(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    task = results["setup"]["task"]
-    metrics = METRICS[task][:2]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(10, 4))
-    for ax, (key, label) in zip(axes, metrics, strict=True):
-        for init, colour in (("pretrained", "tab:blue"), ("scratch", "tab:orange")):
-            rows = [r for r in results["table"] if r["init"] == init]
-            x = [r["budget"] for r in rows]
+    setup = results["setup"]
+    key, label = METRICS[setup["task"]][0]
+    arms = setup["arms"]
+    fig, axes = plt.subplots(1, len(arms), figsize=(6 * len(arms), 4.5), squeeze=False)
+    inits = ["scratch", *setup["objectives"], SHUFFLED]
+    colours = dict(zip(inits, ["tab:gray", "tab:blue", "tab:orange", "tab:green", "tab:purple",
+                               "tab:red"], strict=False))  # fmt: skip
+    for ax, arm in zip(axes[0], arms, strict=True):
+        for k, init in enumerate(inits):
+            rows = [r for r in results["table"] if r["arm"] == arm and r["init"] == init]
+            if not rows:
+                continue
+            x = [r["budget"] * (1 + 0.04 * (k - 1)) for r in rows]  # side by side
             mean = [100 * r[key]["mean"] for r in rows]
-            lo = [100 * (r[key]["mean"] - r[key]["min"]) for r in rows]
-            hi = [100 * (r[key]["max"] - r[key]["mean"]) for r in rows]
-            ax.errorbar(x, mean, yerr=[lo, hi], marker="o", capsize=4, color=colour, label=init)
-            for run in results["runs"]:
-                if run["init"] == init and run["task"] == task:
-                    ax.scatter(run["budget"], 100 * run[f"val_{key}"], color=colour, s=8,
-                               alpha=0.4)  # fmt: skip
+            err = [[100 * (r[key]["mean"] - r[key]["min"]) for r in rows],
+                   [100 * (r[key]["max"] - r[key]["mean"]) for r in rows]]  # fmt: skip
+            ax.errorbar(x, mean, yerr=err, marker="o", capsize=4, color=colours[init],
+                        label=f"pretrained: {init}" if init != "scratch" else "scratch")
         ax.set_xscale("log", base=2)
-        ax.set_xticks(sorted({r["budget"] for r in results["table"]}))
+        ax.set_xticks(setup["budgets"])
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.set_xlabel("labelled rooms")
         ax.set_ylabel(f"test {label} (%)")
+        ax.set_title(f"rooms: textures {arm.replace('_', ' ')}")
         ax.grid(alpha=0.3)
-        ax.legend()
-    title = {"semantics": "semantic voxel labelling", "detect": "oriented-box detection"}[task]
-    fig.suptitle(f"{title}, {results['setup']['preset']} at "
-                 f"{results['setup']['resolution']}^3: mean and min-max over seeds")  # fmt: skip
+        ax.legend(fontsize=9)
+    task = {"semantics": "semantic voxel labelling", "detect": "oriented-box detection"}
+    fig.suptitle(f"{task[setup['task']]}, {setup['preset']} at {setup['resolution']}^3, "
+                 f"{setup['scenes']['test']} test rooms: mean and min-max over runs")  # fmt: skip
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", type=Path, default=Path("bench_out/transfer"))
+    p.add_argument("--out", type=Path, default=Path("bench_out/bench_transfer.json"))
+    p.add_argument("--plot", type=Path, help="PNG of score against labelled rooms")
+    p.add_argument("--task", choices=tuple(METRICS), default="detect")
+    p.add_argument("--arms", nargs="+", choices=("independent", "by_class"),
+                   default=["independent", "by_class"], help="room texture policies")
+    p.add_argument("--min-part-size", type=float, default=0.12,
+                   help="rooms' thinnest part (metres; 0: the original thin parts)")
+    p.add_argument("--data-seed", type=int, default=0, help="draws every room set")
+    p.add_argument("--objectives", nargs="+", default=["structure_first", "paper"])
+    p.add_argument("--shuffled-control", action="store_true",
+                   help="also pretrain on shuffled targets and fine-tune from it at the "
+                        "smallest budget (the control: structure in the targets)")
+    p.add_argument("--head", choices=("voxel", "token"), default="token",
+                   help="the MAE's prediction head (token: per-token linear, 4x faster here)")
+    p.add_argument("--fpn-channels", type=int, default=64,
+                   help="detect: FPN and head width (reference: 256)")
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--pretrain-rooms", type=int, default=48)
+    p.add_argument("--pool-rooms", type=int, default=16)
+    p.add_argument("--val-rooms", type=int, default=8)
+    p.add_argument("--test-rooms", type=int, default=48)
+    p.add_argument("--budgets", type=int, nargs="+", default=[2, 8])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3],
+                   help="fine-tuning seeds (each pairs a pretrained with a scratch run)")
+    p.add_argument("--pretrain-seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--pretrain-steps", type=int, default=800)
+    p.add_argument("--pretrain-batch", type=int, default=4)
+    p.add_argument("--pretrain-lr", type=float, default=1e-3)
+    p.add_argument("--mask-ratio", type=float, default=0.75)
+    p.add_argument("--probe-every", type=int, default=200,
+                   help="pretraining checkpoints kept for bench_probe.py")
+    p.add_argument("--finetune-steps", type=int, default=200)
+    p.add_argument("--finetune-batch", type=int, default=4)
+    p.add_argument("--finetune-lr", type=float, default=1e-3)
+    p.add_argument("--carried-lr-scale", type=float, default=0.3)
+    p.add_argument("--frozen-warmup", type=float, default=0.1)
+    p.add_argument("--eval-every", type=int, default=25,
+                   help="fine-tuning steps between validations (best-checkpoint choices)")
+    p.add_argument("--bootstrap", type=int, default=500, help="bootstrap draws")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--fresh", action="store_true", help="ignore finished runs in --work")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", type=Path, default=Path("bench_out/transfer"))
-    parser.add_argument("--out", type=Path, default=Path("bench_out/bench_transfer.json"))
-    parser.add_argument("--plot", type=Path, help="PNG of score against labelled rooms")
-    parser.add_argument("--store", help="a labelled grid store instead of ground-truth rooms")
-    parser.add_argument("--task", choices=tuple(METRICS), default="semantics",
-                        help="the downstream task compared (default semantics)")  # fmt: skip
-    parser.add_argument("--fpn-channels", type=int, default=64,
-                        help="detect: FPN and head width (reference: 256)")  # fmt: skip
-    parser.add_argument("--resolution", type=int, default=64)
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--pretrain-rooms", type=int, default=48)
-    parser.add_argument("--pool-rooms", type=int, default=16)
-    parser.add_argument("--test-rooms", type=int, default=16)
-    parser.add_argument("--budgets", type=int, nargs="+", default=[4, 8, 16])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--pretrain-steps", type=int, default=600)
-    parser.add_argument("--pretrain-batch", type=int, default=4)
-    parser.add_argument("--pretrain-lr", type=float, default=1e-3)
-    parser.add_argument("--mask-ratio", type=float, default=0.75)
-    parser.add_argument("--finetune-steps", type=int, default=64)
-    parser.add_argument("--finetune-batch", type=int, default=4)
-    parser.add_argument("--finetune-lr", type=float, default=1e-3)
-    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--freeze-pretrained", action="store_true",
-                        help="probe: train only the new parts on frozen encoders")  # fmt: skip
-    parser.add_argument("--superres", action="store_true", help="also x2 super-resolution")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--fresh", action="store_true", help="ignore finished runs in --work")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
+    from pipeline.synthetic.room import RoomConfig
+
     started = time.perf_counter()
-
+    offset = args.data_seed * DATA_SEED_STRIDE
+    counts = {"pretrain": args.pretrain_rooms, "pool": args.pool_rooms, "val": args.val_rooms,
+              "test": args.test_rooms}  # fmt: skip
+    sets = {name: room_ids(first + offset, counts[name]) for name, first in SETS.items()}
+    if max(args.budgets) > len(sets["pool"]):
+        raise SystemExit(f"--budgets: the pool holds {len(sets['pool'])} rooms")
     args.work.mkdir(parents=True, exist_ok=True)
-    if args.store:
-        store = args.store
-        scenes = split_store(store, args.pretrain_rooms, args.pool_rooms, args.test_rooms)
-    else:
-        store = str(args.work / f"ground_truth_{args.resolution}.zarr")
-        scenes = {
-            "pretrain": room_ids(PRETRAIN_SEED0, args.pretrain_rooms),
-            "pool": room_ids(POOL_SEED0, args.pool_rooms),
-            "test": room_ids(TEST_SEED0, args.test_rooms),
-        }
-        write_ground_truth(store, [s for group in scenes.values() for s in group],
-                           args.resolution)  # fmt: skip
-    if max(args.budgets) > len(scenes["pool"]):
-        parser.error(f"--budgets: the pool holds {len(scenes['pool'])} rooms")
-    prepared = time.perf_counter() - started
+    seconds: dict[str, float] = {"rooms": 0.0, "pretrain": 0.0, "finetune": 0.0}
+    stores, pretrained, pretraining = {}, {}, []
+    for arm in args.arms:
+        room_config = RoomConfig(texture_policy=arm, min_part_size=args.min_part_size)
+        stores[arm] = str(args.work / f"rooms_{arm}_d{args.data_seed}_{args.resolution}.zarr")
+        seconds["rooms"] += write_rooms(stores[arm], [s for g in sets.values() for s in g],
+                                        args.resolution, room_config)  # fmt: skip
+        for objective in args.objectives:
+            for seed in args.pretrain_seeds:
+                tic = time.perf_counter()
+                out = args.work / f"pretrain_{arm}_d{args.data_seed}_{objective}_s{seed}"
+                mae = run_pretraining(args, stores[arm], sets["pretrain"], objective, seed, out)
+                seconds["pretrain"] += time.perf_counter() - tic
+                pretrained[arm, objective, seed] = mae["checkpoint"]
+                pretraining.append({"arm": arm, "objective": objective, "seed": seed, **mae})
+                report_pretraining(arm, objective, seed, mae)
+        if args.shuffled_control:
+            tic = time.perf_counter()
+            objective = args.objectives[0]
+            out = args.work / f"pretrain_{arm}_d{args.data_seed}_{objective}_shuffled_s0"
+            mae = run_pretraining(args, stores[arm], sets["pretrain"], objective, 0, out, True)
+            seconds["pretrain"] += time.perf_counter() - tic
+            pretrained[arm, SHUFFLED, 0] = mae["checkpoint"]
+            pretraining.append({"arm": arm, "objective": SHUFFLED, "seed": 0, **mae})
+            report_pretraining(arm, SHUFFLED, 0, mae)
 
-    tic = time.perf_counter()
-    mae = run_pretraining(args, store, scenes["pretrain"], args.work / "pretrain")
-    pretrain_s = time.perf_counter() - tic
-    print(f"pretraining: {mae['steps']} steps, val PSNR {mae['val_psnr']:.2f} dB, "
-          f"alpha MSE {mae['val_alpha_mse']:.4f}, {mae['seconds']:.0f} s", flush=True)  # fmt: skip
-
-    task = args.task
-    extra = {"detector_overrides": {"channels": args.fpn_channels}} if task == "detect" else {}
+    key, _ = METRICS[args.task][0]
     runs: list[dict[str, Any]] = []
-    for budget in args.budgets:
-        for seed in args.seeds:
-            for init in ("pretrained", "scratch"):
-                out = args.work / f"{task}_b{budget}_s{seed}_{init}"
-                summary = run_finetuning(args, store, scenes, budget, seed, init,
-                                         mae["checkpoint"], out, task=task, **extra)  # fmt: skip
-                runs.append({"task": task, "budget": budget, "seed": seed, "init": init,
-                             **summary})  # fmt: skip
-                scores = "  ".join(f"{label} {100 * (summary[f'val_{key}'] or 0):5.1f}"
-                                   for key, label in METRICS[task])  # fmt: skip
-                print(f"  {task} {budget:>2} rooms seed {seed} {init:<10}  {scores}  "
-                      f"{summary['seconds']:.0f} s", flush=True)
-    if args.superres:
-        low = str(args.work / f"ground_truth_{args.resolution // 2}.zarr")
-        write_ground_truth(low, scenes["pool"] + scenes["test"], args.resolution // 2)
-        for seed in args.seeds:
-            for init in ("pretrained", "scratch"):
-                out = args.work / f"superres_b{args.budgets[0]}_s{seed}_{init}"
-                summary = run_finetuning(
-                    args, low, scenes, args.budgets[0], seed, init, mae["checkpoint"], out,
-                    task="superres", target_store_url=store, resolution=args.resolution // 2,
-                    allow_resolution_change=True,
-                )  # fmt: skip
-                runs.append({"task": "superres", "budget": args.budgets[0], "seed": seed,
-                             "init": init, **summary})  # fmt: skip
-                print(f"  superres  {args.budgets[0]:>2} rooms seed {seed} {init:<10}  PSNR "
-                      f"{summary['val_psnr']:.2f} dB  {summary['seconds']:.0f} s", flush=True)
+    states: dict[tuple, dict] = {}
+    for arm in args.arms:
+        for budget in args.budgets:
+            for seed in args.seeds:
+                inits = [("scratch", None, None)] + [
+                    (objective, pseed, pretrained[arm, objective, pseed])
+                    for objective in args.objectives for pseed in args.pretrain_seeds
+                ]  # fmt: skip
+                if args.shuffled_control and budget == min(args.budgets):
+                    inits.append((SHUFFLED, 0, pretrained[arm, SHUFFLED, 0]))
+                for init, pseed, checkpoint in inits:
+                    name = init if pseed is None else f"{init}_p{pseed}"
+                    out = (args.work / f"{args.task}_{arm}_d{args.data_seed}_b{budget}_s{seed}_"
+                           f"{name}")  # fmt: skip
+                    result = run_finetuning(args, stores[arm], sets, budget, seed, checkpoint,
+                                            out)  # fmt: skip
+                    seconds["finetune"] += result["seconds"]
+                    test, summary = result["test"], result["summary"]
+                    states[arm, budget, seed, init, pseed] = test["scene_states"]
+                    runs.append({"arm": arm, "budget": budget, "seed": seed, "init": init,
+                                 "pretrain_seed": pseed, "best_step": summary["best_step"],
+                                 "seconds": result["seconds"],
+                                 **{f"val_{k}": summary.get(f"best_val_{k}")
+                                    for k in (key,)},
+                                 **{k: test.get(k) for k, _ in METRICS[args.task]}})  # fmt: skip
+                    scores = "  ".join(f"{label} {100 * (test.get(k) or 0):5.1f}"
+                                       for k, label in METRICS[args.task])  # fmt: skip
+                    print(f"  {args.task} {arm:<11} {budget:>2} rooms seed {seed} {name:<26} "
+                          f"{scores}  best step {summary['best_step']}  "
+                          f"{result['seconds']:.0f} s", flush=True)
 
-    table = []
-    for budget in args.budgets:
-        for init in ("pretrained", "scratch"):
-            mine = [r for r in runs if r["task"] == task and r["budget"] == budget
-                    and r["init"] == init]  # fmt: skip
-            table.append({"budget": budget, "init": init,
-                          **{k: spread([r[f"val_{k}"] for r in mine])
-                             for k, _ in METRICS[task]}})  # fmt: skip
-    superres = {
-        init: spread([r["val_psnr"] for r in runs if r["task"] == "superres" and r["init"] == init])
-        for init in ("pretrained", "scratch")
-    }
+    table, paired = [], []
+    tic = time.perf_counter()
+    for arm in args.arms:
+        for budget in args.budgets:
+            for init in ["scratch", *args.objectives, SHUFFLED]:
+                mine = [r for r in runs if r["arm"] == arm and r["budget"] == budget
+                        and r["init"] == init]  # fmt: skip
+                if not mine:
+                    continue
+                table.append({"arm": arm, "budget": budget, "init": init, "runs": len(mine),
+                              **{k: spread([r[k] for r in mine])
+                                 for k, _ in METRICS[args.task]}})  # fmt: skip
+            for objective in [*args.objectives, SHUFFLED]:
+                pairs = [(states[arm, budget, s, objective, p], states[arm, budget, s,
+                                                                      "scratch", None])
+                         for s in args.seeds for p in sorted({*args.pretrain_seeds, 0})
+                         if (arm, budget, s, objective, p) in states]  # fmt: skip
+                if not pairs:
+                    continue
+                paired.append({"arm": arm, "budget": budget, "objective": objective,
+                               **paired_gain(args.task, pairs, sets["test"], args.bootstrap,
+                                             args.data_seed)})  # fmt: skip
+    seconds["bootstrap"] = time.perf_counter() - tic
+    first = next(p for p in paired if p["arm"] == args.arms[0]
+                 and p["budget"] == min(args.budgets)
+                 and p["objective"] == args.objectives[0])  # fmt: skip
+    summary = {"task": args.task, "arm": first["arm"], "budget": first["budget"],
+               "objective": first["objective"], f"gain_{key}": first["gain"],
+               "ci95_low": first["ci95_low"], "ci95_high": first["ci95_high"]}  # fmt: skip
+    seconds["total"] = time.perf_counter() - started
     results = {
-        "setup": {
-            **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "store": store,
-            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-            "torch": torch.__version__,
-            "scenes": {k: len(v) for k, v in scenes.items()},
-        },
-        "pretraining": mae,
-        "runs": runs,
-        "table": table,
-        "superres": superres if args.superres else None,
-        "seconds": {"prepare": prepared, "pretrain": pretrain_s,
-                    "total": time.perf_counter() - started},  # fmt: skip
-    }
-    header = " ".join(f"{label:>13}" for _, label in METRICS[task])
-    print(f"\n{'rooms':>5} {'init':<10} {header}")
+        "setup": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                  "stores": stores, "scenes": {k: len(v) for k, v in sets.items()},
+                  "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+                  "torch": torch.__version__},
+        "pretraining": pretraining, "runs": runs, "table": table, "paired": paired,
+        "summary": summary, "seconds": seconds,
+    }  # fmt: skip
+
+    labels = [label for _, label in METRICS[args.task]]
+    print(f"\n{'arm':<11} {'rooms':>5} {'init':<24} " + " ".join(f"{x:>13}" for x in labels))
     for r in table:
         cells = [f"{100 * r[k]['mean']:5.1f} ± {100 * r[k]['std']:4.1f}"
-                 for k, _ in METRICS[task]]  # fmt: skip
-        print(f"{r['budget']:>5} {r['init']:<10} " + " ".join(f"{c:>13}" for c in cells))
-    for budget in args.budgets:
-        warm, cold = (next(r for r in table if r["budget"] == budget and r["init"] == i)
-                      for i in ("pretrained", "scratch"))  # fmt: skip
-        key = HEADLINE[task]
-        gain = 100 * (warm[key]["mean"] - cold[key]["mean"])
-        worst = 100 * (warm[key]["min"] - cold[key]["max"])
-        print(f"{budget:>5} rooms: pretrained - scratch = {gain:+.1f} {key} points "
-              f"(worst pretrained seed - best scratch seed {worst:+.1f})")
-    if args.superres:
-        for init, s in superres.items():
-            print(f"superres x2 ({args.budgets[0]} rooms) {init:<10}: PSNR {s['mean']:.2f} ± "
-                  f"{s['std']:.2f} dB")  # fmt: skip
-    print(f"total {results['seconds']['total']:.0f} s")
+                 for k, _ in METRICS[args.task]]  # fmt: skip
+        print(f"{r['arm']:<11} {r['budget']:>5} {r['init']:<24} "
+              + " ".join(f"{c:>13}" for c in cells))
+    print(f"\npaired {labels[0]} gain, pretrained - scratch (95 % bootstrap over test rooms):")
+    for p in paired:
+        print(f"{p['arm']:<11} {p['budget']:>2} rooms {p['objective']:<24} "
+              f"{100 * p['gain']:+5.1f} [{100 * p['ci95_low']:+5.1f}, "
+              f"{100 * p['ci95_high']:+5.1f}]  ({p['pairs']} pairs)")
+    print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
     if args.plot:

@@ -327,3 +327,10 @@ def test_the_best_checkpoint_scores_the_same_when_evaluated_again(stores, pretra
     assert again["miou"] == pytest.approx(summary["best_val_miou"], abs=1e-6)
     latest = evaluate_checkpoint(run / "checkpoints" / "latest.pt", ["room3"])
     assert latest["miou"] == pytest.approx(summary["val_miou"], abs=1e-6)
+    # scene by scene (for a bootstrap over scenes): the states add up to the batched figures
+    both = evaluate_checkpoint(run / "checkpoints" / "latest.pt", ["room2", "room3"])
+    apart = evaluate_checkpoint(run / "checkpoints" / "latest.pt", ["room2", "room3"],
+                                per_scene=True)  # fmt: skip
+    assert set(apart["scene_states"]) == {"room2", "room3"}
+    assert apart["miou"] == pytest.approx(both["miou"], abs=1e-9)
+    assert not torch.equal(*(s["confusion"] for s in apart["scene_states"].values()))

@@ -18,7 +18,7 @@ from model.tasks import make_config, task_class
 from model.training.checkpointing import load_checkpoint
 from model.training.distributed import DistributedContext
 from model.training.loaders import validation_loader
-from model.training.validation import validation_pass
+from model.training.validation import LossMeans, validation_pass
 from nerfmae_common.devices import resolve_device
 
 
@@ -30,9 +30,13 @@ def evaluate_checkpoint(
     batch_size: int = 4,
     device: str = "cpu",
     picture: Path | None = None,
+    per_scene: bool = False,
 ) -> dict[str, Any]:
     """The validation figures of run checkpoint ``path`` on ``scenes`` (of ``store_url``,
-    default the run's store), with their count under ``"scenes"``."""
+    default the run's store), with their count under ``"scenes"``. ``per_scene``: also each
+    scene's metric state under ``"scene_states"`` (scene id -> the task metric's
+    ``state_dict`` of that scene alone), to resample scenes (a bootstrap) without running the
+    network again."""
     checkpoint = load_checkpoint(path)
     name, recorded = checkpoint["task"], dict(checkpoint["config"])
     config_class = task_class(name).config_class
@@ -55,8 +59,18 @@ def evaluate_checkpoint(
     model = task.make_network()
     model.load_state_dict(checkpoint["model"])
     model.to(ctx.device)
-    loader = validation_loader(val, ctx, batch_size, 0, config.seed)
-    metric, losses = validation_pass(task, model, loader, ctx.device, None, picture,
-                                     f"{Path(path).name} step {checkpoint['position']['step']}")
-    return {**metric.compute(), **losses.compute(), "scenes": len(scenes),
-            "step": checkpoint["position"]["step"]}  # fmt: skip
+    step = checkpoint["position"]["step"]
+    loader = validation_loader(val, ctx, 1 if per_scene else batch_size, 0, config.seed)
+    if not per_scene:
+        metric, losses = validation_pass(task, model, loader, ctx.device, None, picture,
+                                         f"{Path(path).name} step {step}")  # fmt: skip
+        return {**metric.compute(), **losses.compute(), "scenes": len(scenes), "step": step}
+    metric, losses, states = task.metric(), LossMeans(), {}
+    for i, batch in enumerate(loader):
+        one, one_losses = validation_pass(task, model, [batch], ctx.device, None,
+                                          picture if i == 0 else None, f"step {step}")  # fmt: skip
+        states[batch["scene_id"][0]] = one.state_dict()
+        metric.merge(one.state_dict())
+        losses.merge(one_losses.state_dict())
+    return {**metric.compute(), **losses.compute(), "scenes": len(scenes), "step": step,
+            "scene_states": states}  # fmt: skip

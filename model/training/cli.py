@@ -135,6 +135,7 @@ def add_config_flags(parser: argparse.ArgumentParser, config_class: type) -> Non
     for flag, shortcut in getattr(config_class, "cli_shortcuts", {}).items():
         text = f"{shortcut.help} (sets {shortcut.field}[{shortcut.key!r}])".replace("%", "%%")
         parser.add_argument(flag, dest=SHORTCUT_PREFIX + flag, type=shortcut.type,
+                            metavar=shortcut.key.upper(),
                             default=argparse.SUPPRESS, help=text)  # fmt: skip
 
 
