@@ -102,7 +102,8 @@ def run_pretraining(args, store: str, scenes: list[str], objective: str, seed: i
         max_steps=args.pretrain_steps, lr=args.pretrain_lr, num_workers=0, log_every=20,
         eval_every=10**9, checkpoint_every=args.probe_every, keep_checkpoints=0, device="cpu",
         objective=objective, seed=seed, resume=out.exists(), shuffle_targets=shuffle_targets,
-        model_overrides={"mask_ratio": args.mask_ratio, "mask_block": 4, "head": args.head},
+        model_overrides={"mask_ratio": args.mask_ratio, "mask_block": args.mask_block,
+                         "head": args.head},
     )  # fmt: skip
     return pretrain(config)
 
@@ -245,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shuffled-control", action="store_true",
                    help="also pretrain on shuffled targets and fine-tune from it at the "
                         "smallest budget (the control: structure in the targets)")
-    p.add_argument("--head", choices=("voxel", "token"), default="token",
+    p.add_argument("--head", choices=("voxel", "token", "bottleneck"), default="token",
                    help="the MAE's prediction head (token: per-token linear, 4x faster here)")
     p.add_argument("--fpn-channels", type=int, default=64,
                    help="detect: FPN and head width (reference: 256)")
@@ -263,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrain-batch", type=int, default=4)
     p.add_argument("--pretrain-lr", type=float, default=1e-3)
     p.add_argument("--mask-ratio", type=float, default=0.75)
+    p.add_argument("--mask-block", type=int, default=2,
+                   help="tokens a side of a masked block (2: 8 voxels, about the reference's "
+                        "16-voxel blocks at 160^3 scaled to 64^3)")
     p.add_argument("--probe-every", type=int, default=200,
                    help="pretraining checkpoints kept for bench_probe.py")
     p.add_argument("--finetune-steps", type=int, default=200)
@@ -292,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     if max(args.budgets) > len(sets["pool"]):
         raise SystemExit(f"--budgets: the pool holds {len(sets['pool'])} rooms")
     args.work.mkdir(parents=True, exist_ok=True)
+    head = "" if args.head == "token" else f"_{args.head}"  # run names: the default unmarked
     seconds: dict[str, float] = {"rooms": 0.0, "pretrain": 0.0, "finetune": 0.0}
     stores, pretrained, pretraining = {}, {}, []
     for arm in args.arms:
@@ -302,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         for objective in args.objectives:
             for seed in args.pretrain_seeds:
                 tic = time.perf_counter()
-                out = args.work / f"pretrain_{arm}_d{args.data_seed}_{objective}_s{seed}"
+                out = args.work / f"pretrain_{arm}_d{args.data_seed}_{objective}{head}_s{seed}"
                 mae = run_pretraining(args, stores[arm], sets["pretrain"], objective, seed, out)
                 seconds["pretrain"] += time.perf_counter() - tic
                 pretrained[arm, objective, seed] = mae["checkpoint"]
@@ -311,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.shuffled_control:
             tic = time.perf_counter()
             objective = args.objectives[0]
-            out = args.work / f"pretrain_{arm}_d{args.data_seed}_{objective}_shuffled_s0"
+            out = args.work / f"pretrain_{arm}_d{args.data_seed}_{objective}{head}_shuffled_s0"
             mae = run_pretraining(args, stores[arm], sets["pretrain"], objective, 0, out, True)
             seconds["pretrain"] += time.perf_counter() - tic
             pretrained[arm, SHUFFLED, 0] = mae["checkpoint"]
@@ -331,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.shuffled_control and budget == min(args.budgets):
                     inits.append((SHUFFLED, 0, pretrained[arm, SHUFFLED, 0]))
                 for init, pseed, checkpoint in inits:
-                    name = init if pseed is None else f"{init}_p{pseed}"
+                    name = init if pseed is None else f"{init}{head}_p{pseed}"
                     out = (args.work / f"{args.task}_{arm}_d{args.data_seed}_b{budget}_s{seed}_"
                            f"{name}")  # fmt: skip
                     result = run_finetuning(args, stores[arm], sets, budget, seed, checkpoint,

@@ -232,3 +232,15 @@ def test_token_head_predicts_every_voxel_from_its_own_token():
         tokens = model.decoder.out(feats)  # (1, 64 * 4, 8, 8, 8)
     assert torch.allclose(model.decoder(model.forward_features(rgba))[0, :, 1, 2, 3],
                           tokens[0, ((1 * 4 + 2) * 4 + 3) * 4 :][:4, 0, 0, 0], atol=1e-6)
+
+
+def test_bottleneck_head_reads_only_the_deepest_stage():
+    model = build_mae("tiny", head="bottleneck").eval()
+    g = torch.Generator().manual_seed(0)
+    feats = [f.detach() for f in model.forward_features(torch.rand(1, 4, 32, 32, 32, generator=g))]
+    with torch.no_grad():
+        pred = model.decoder(feats)
+        shallow = model.decoder([torch.randn(f.shape, generator=g) for f in feats[:3]] + feats[3:])
+        deep = model.decoder(feats[:3] + [torch.randn(feats[3].shape, generator=g)])
+    assert pred.shape == (1, 4, 32, 32, 32)
+    assert torch.equal(pred, shallow) and not torch.allclose(pred, deep)

@@ -197,3 +197,29 @@ class TokenDecoder(SkipUpsampling, nn.Module):
         p = self.patch_size
         tokens = self.out(self.skip_upsample(feats))  # (B, p^3 C, T, T, T)
         return rearrange(tokens, "b (i j k c) d h w -> b c (d i) (h j) (w k)", i=p, j=p, k=p)
+
+
+class BottleneckDecoder(nn.Module):
+    """The deepest stage alone, upsampled 2x three times without encoder skips, then
+    :class:`TokenDecoder`'s per-token linear map. Every prediction passes through stage 4:
+    with skips a decoder can rebuild masked voxels from stage 1's features and leave the
+    deep stages nothing to learn (they collapse to a few directions). Its blocks are named
+    apart from :class:`SkipUpsampling`'s, whose shapes differ: fine-tuning starts them fresh.
+    """
+
+    def __init__(self, dims: Sequence[int], patch_size: int, out_channels: int = 4) -> None:
+        super().__init__()
+        self.up4 = UpBlock(dims[3], dims[2], 2, skip=False)
+        self.up3 = UpBlock(dims[2], dims[1], 2, skip=False)
+        self.up2 = UpBlock(dims[1], dims[0], 2, skip=False)
+        self.patch_size = patch_size
+        self.out = nn.Conv3d(dims[0], patch_size**3 * out_channels, 1)
+        self.to(memory_format=CL3D)
+
+    def forward(self, feats: Sequence[Tensor]) -> Tensor:
+        """Stage outputs ``(B, C_i, D_i, H_i, W_i)`` (only the last is read) ->
+        ``(B, out_channels, D, H, W)``."""
+        p = self.patch_size
+        x = self.up2(self.up3(self.up4(feats[-1].contiguous(memory_format=CL3D))))
+        tokens = self.out(x)  # (B, p^3 C, T, T, T)
+        return rearrange(tokens, "b (i j k c) d h w -> b c (d i) (h j) (w k)", i=p, j=p, k=p)

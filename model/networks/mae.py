@@ -18,8 +18,11 @@ import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from model.networks.decoder import TokenDecoder, UNETRDecoder
+from model.networks.decoder import BottleneckDecoder, TokenDecoder, UNETRDecoder
 from model.networks.encoder import EncoderFront
+
+HEADS = {"voxel": UNETRDecoder, "token": TokenDecoder, "bottleneck": BottleneckDecoder}
+"""``MAEConfig.head`` -> the decoder class."""
 
 
 @dataclass
@@ -65,9 +68,11 @@ class MAEConfig:
     """How masked voxels weigh in the alpha loss. "none" (code): all alike, so the ~85 % that
     are empty space dominate it. "occupied_empty": the mean over masked occupied voxels and
     the mean over masked empty ones, averaged, so surfaces weigh as much as free space."""
-    head: Literal["voxel", "token"] = "voxel"
+    head: Literal["voxel", "token", "bottleneck"] = "voxel"
     """The prediction head. "voxel" (code): the UNETR decoder's full-resolution block.
-    "token": one linear map per token to its voxels (SimMIM's light head; cheaper on a CPU)."""
+    "token": one linear map per token to its voxels (SimMIM's light head; cheaper on a CPU).
+    "bottleneck": the deepest stage upsampled without encoder skips, then the token map, so
+    the deep stages must carry the grid."""
 
     def __post_init__(self) -> None:
         stride = self.patch_size * 2 ** (len(self.depths) - 1)
@@ -90,8 +95,8 @@ class MAEConfig:
         if self.alpha_balance not in ("none", "occupied_empty"):
             raise ValueError(f"MAEConfig.alpha_balance={self.alpha_balance!r} is not one of "
                              "'none', 'occupied_empty'")
-        if self.head not in ("voxel", "token"):
-            raise ValueError(f"MAEConfig.head={self.head!r} is not one of 'voxel', 'token'")
+        if self.head not in HEADS:
+            raise ValueError(f"MAEConfig.head={self.head!r} is not one of {', '.join(HEADS)}")
 
     @property
     def token_grid(self) -> int:
@@ -121,7 +126,7 @@ class NeRFMAE(EncoderFront):
     def __init__(self, config: MAEConfig) -> None:
         super().__init__(config)  # encoder, pos_embed
         self.mask_token = nn.Parameter(torch.empty(config.embed_dim).normal_(std=0.02))
-        head = UNETRDecoder if config.head == "voxel" else TokenDecoder
+        head = HEADS[config.head]
         self.decoder = head(self.encoder.dims, config.patch_size, config.out_channels)
 
     def patchify(self, x: Tensor) -> Tensor:

@@ -70,7 +70,8 @@ class PretrainConfig(TrainingConfig):
             ("rgb_region", "where the colour loss applies: all_opaque | masked_opaque"),
             ("rgb_weighting", "colour loss voxel weights: gate | alpha"),
             ("alpha_balance", "alpha loss over masked voxels: none | occupied_empty"),
-            ("head", "prediction head: voxel (UNETR's full-resolution block) | token (linear)"),
+            ("head", "prediction head: voxel (UNETR's full-resolution block) | token (a linear "
+                     "map per token) | bottleneck (the deepest stage alone, then the linear map)"),
         )
     }  # fmt: skip
     trajectory_fields: ClassVar[tuple[str, ...]] = (
