@@ -258,9 +258,9 @@ def test_detection_from_a_pretrained_encoder_then_detect_evaluate_and_export(
         raise AssertionError(f"config.json holds {constant}, which is not JSON")
 
     saved = json.loads((run / "config.json").read_text(), parse_constant=strict)
-    # the reference's ranges (for 160^3) scaled to the 32^3 input; the last one unbounded
+    # the reference's ranges by default (scale_size_ranges off); the last one unbounded
     ranges = saved["resolved"]["detector"]["size_ranges"]
-    assert ranges[-1][0] == pytest.approx(64 * 32 / 160) and ranges[-1][1] == 1e6
+    assert ranges[-1] == [64, 1e6]
 
     boxes_json, picture = tmp_path / "boxes.json", tmp_path / "boxes.png"
     assert cli_main(["detect", "--store", stores["low"], "--scene-id", "room3", "--checkpoint",
@@ -334,3 +334,14 @@ def test_the_best_checkpoint_scores_the_same_when_evaluated_again(stores, pretra
     assert set(apart["scene_states"]) == {"room2", "room3"}
     assert apart["miou"] == pytest.approx(both["miou"], abs=1e-9)
     assert not torch.equal(*(s["confusion"] for s in apart["scene_states"].values()))
+
+
+def test_size_ranges_scale_to_the_input_grid_only_when_asked():
+    from model.networks.detector import DetectorConfig
+    from model.tasks.detect import DetectConfig
+
+    base = dict(store_url="s", out_dir="o", scratch=True)
+    assert DetectConfig(**base).detector_config(64).size_ranges == DetectorConfig().size_ranges
+    scaled = DetectConfig(**base, scale_size_ranges=True).detector_config(64).size_ranges
+    expected = [-1, 6.4, 6.4, 12.8, 12.8, 25.6, 25.6, 1e6]  # 64/160 of the reference's
+    assert [bound for pair in scaled for bound in pair] == pytest.approx(expected)

@@ -46,7 +46,8 @@ def test_every_field_of_every_task_parses_back_from_its_flags(name):
         changed.update(objective="paper", rgb_schedule="cosine", rgb_ramp=0.5,
                        shuffle_targets=True)  # fmt: skip
     changed.update({"semantics": {"num_classes": 5}, "superres": {"target_store_url": "t.zarr"},
-                    "detect": {"num_classes": 3, "detector_overrides": {"channels": 16}}}
+                    "detect": {"num_classes": 3, "detector_overrides": {"channels": 16},
+                               "scale_size_ranges": True}}
                    .get(name, {}))  # fmt: skip
     fields = {f.name for f in dataclasses.fields(config_class)}
     # every field but the run's place (and scratch, the alternative to pretrained) differs

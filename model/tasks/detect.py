@@ -63,6 +63,7 @@ class DetectConfig(FinetuneConfig):
     }  # fmt: skip
     trajectory_fields: ClassVar[tuple[str, ...]] = (
         *FinetuneConfig.trajectory_fields, "num_classes", "detector_overrides",
+        "scale_size_ranges",
     )  # fmt: skip
 
     num_classes: int | None = None
@@ -71,6 +72,11 @@ class DetectConfig(FinetuneConfig):
     detector_overrides: dict[str, Any] = field(default_factory=dict)
     """Overrides of :class:`model.networks.detector.DetectorConfig` fields (e.g.
     ``{"channels": 64}`` for CPU runs; the reference's FPN has 256)."""
+    scale_size_ranges: bool = False
+    """Scale NeRF-RPN's per-level size ranges (set for 160^3 grids) to the input grid, so
+    that a box goes to the level it would at 160^3. Off by default: at 64^3 with 2 labelled
+    rooms it cut test AP50 from 22.8 to 5.0 (the deep levels' few cells get the big boxes
+    and too few positives to learn them; BENCHMARKS.md)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -79,14 +85,11 @@ class DetectConfig(FinetuneConfig):
 
     def detector_config(self, input_size: int) -> DetectorConfig:
         """The :class:`DetectorConfig` these fields ask for, for a network whose input cube
-        has ``input_size`` voxels a side. Unless overridden, the reference's per-level size
-        ranges (set for its 160^3 grids) are scaled to that size: objects span a fixed share
-        of a room whatever its resolution, so at 64^3 the unscaled ranges would send almost
-        every box to the finest level and leave the deep, contextual levels no positives."""
+        has ``input_size`` voxels a side (see ``scale_size_ranges``)."""
         overrides = dict(self.detector_overrides)
         if self.num_classes is not None:
             overrides["num_classes"] = self.num_classes
-        if "size_ranges" not in overrides:
+        if self.scale_size_ranges and "size_ranges" not in overrides:
             overrides["size_ranges"] = scaled_size_ranges(input_size)
         try:
             return DetectorConfig(**overrides)
