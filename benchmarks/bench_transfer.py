@@ -199,7 +199,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     setup = results["setup"]
     key, label = METRICS[setup["task"]][0]
     arms = setup["arms"]
-    fig, axes = plt.subplots(1, len(arms), figsize=(6 * len(arms), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(arms), figsize=(max(8, 6 * len(arms)), 4.5), squeeze=False)
     inits = ["scratch", *setup["objectives"], SHUFFLED]
     colours = dict(zip(inits, ["tab:gray", "tab:blue", "tab:orange", "tab:green", "tab:purple",
                                "tab:red"], strict=False))  # fmt: skip
@@ -224,7 +224,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.legend(fontsize=9)
     task = {"semantics": "semantic voxel labelling", "detect": "oriented-box detection"}
     fig.suptitle(f"{task[setup['task']]}, {setup['preset']} at {setup['resolution']}^3, "
-                 f"{setup['scenes']['test']} test rooms: mean and min-max over runs")  # fmt: skip
+                 f"{setup['scenes']['test']} test rooms: mean and min-max over runs",
+                 fontsize=11)  # fmt: skip
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
