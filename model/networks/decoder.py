@@ -89,6 +89,13 @@ def upsample_then_conv(x: Tensor, up: nn.ConvTranspose3d, conv: nn.Conv3d) -> Te
     )
 
 
+def tokens_to_voxels(tokens: Tensor, patch_size: int) -> Tensor:
+    """``(B, p^3 C, T, T, T)`` per-token predictions -> ``(B, C, pT, pT, pT)`` voxels (the
+    token heads' layout: voxel ``(i, j, k)`` of a token is channel block ``(i p + j) p + k``)."""
+    p = patch_size
+    return rearrange(tokens, "b (i j k c) d h w -> b c (d i) (h j) (w k)", i=p, j=p, k=p)
+
+
 class UnetResBlock(nn.Module):
     """conv3-IN-LReLU-conv3-IN, plus the input (1x1 conv + IN when channels change), LReLU."""
 
@@ -194,9 +201,7 @@ class TokenDecoder(SkipUpsampling, nn.Module):
 
     def forward(self, feats: Sequence[Tensor]) -> Tensor:
         """Stage outputs ``(B, C_i, D_i, H_i, W_i)`` -> ``(B, out_channels, D, H, W)``."""
-        p = self.patch_size
-        tokens = self.out(self.skip_upsample(feats))  # (B, p^3 C, T, T, T)
-        return rearrange(tokens, "b (i j k c) d h w -> b c (d i) (h j) (w k)", i=p, j=p, k=p)
+        return tokens_to_voxels(self.out(self.skip_upsample(feats)), self.patch_size)
 
 
 class BottleneckDecoder(nn.Module):
@@ -219,7 +224,5 @@ class BottleneckDecoder(nn.Module):
     def forward(self, feats: Sequence[Tensor]) -> Tensor:
         """Stage outputs ``(B, C_i, D_i, H_i, W_i)`` (only the last is read) ->
         ``(B, out_channels, D, H, W)``."""
-        p = self.patch_size
         x = self.up2(self.up3(self.up4(feats[-1].contiguous(memory_format=CL3D))))
-        tokens = self.out(x)  # (B, p^3 C, T, T, T)
-        return rearrange(tokens, "b (i j k c) d h w -> b c (d i) (h j) (w k)", i=p, j=p, k=p)
+        return tokens_to_voxels(self.out(x), self.patch_size)

@@ -282,9 +282,11 @@ class Trainer:
         """The task's schedule for the coming step; DDP is wrapped again when it changed
         which parameters train (DDP fixes its gradient buckets at construction)."""
         bare = unwrap(self.model)
+        if not self.ctx.is_distributed:
+            return self.task.begin_step(bare, self.position.step, self.total_steps)
         before = [p.requires_grad for p in bare.parameters()]
         scheduled = self.task.begin_step(bare, self.position.step, self.total_steps)
-        if self.ctx.is_distributed and before != [p.requires_grad for p in bare.parameters()]:
+        if before != [p.requires_grad for p in bare.parameters()]:
             self.model = wrap_ddp(bare, self.ctx)
         return scheduled
 
