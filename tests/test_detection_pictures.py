@@ -11,7 +11,9 @@ from matplotlib.patches import Polygon
 
 from model.pictures.boxes import (
     GT_COLOUR,
+    GT_NAME,
     PRED_COLOUR,
+    PRED_NAME,
     box_views_figure,
     box_views_image,
     save_box_views,
@@ -98,19 +100,21 @@ def test_gt_box_is_drawn_on_its_edges_in_every_panel_and_nowhere_else(yaw):
         image = render(fig)
         outlines = {name: ax.transData.transform(rectangle(gt[0])) for name, ax in axes.items()}
         blue_at = axes["bev"].transData.transform([[3.5, 4.5], [4.5, 3.5]])
+        legend = fig.legends[0].get_window_extent()
     finally:
         plt.close(fig)
     np.testing.assert_array_equal(image, box_views_image(rgba, None, gt))  # same picture
 
     assert len(outlines) == 4  # bird's-eye + 3 slices, each crossed by the box
     green = pixels_of(image, GT_RGB)
+    green = green[~inside(legend, green)]  # the legend's sample of a stored box
     for name, corners in outlines.items():
         hit = near(along_outline(corners), green, radius=2.0)
         assert hit.all(), f"{name}: no green near {(~hit).sum()} points of the box's edges"
     # Every green pixel is on some panel's outline (line width 2 pt = 2.2 px at 80 dpi).
     dist = np.min([distance_to_outline(green, c) for c in outlines.values()], axis=0)
     assert dist.max() <= 2.5, f"green pixel {dist.max():.1f} px from the box's edges"
-    # A box one voxel off would not pass: one voxel is ~6.5 px here.
+    # A box one voxel off would not pass: one voxel is over 5 px here.
     assert np.ptp(outlines["bev"][:, 0]) / 10 > 5
     # The image's orientation: voxel (3, 4) is blue at (3.5, 4.5), not at (4.5, 3.5).
     h = image.shape[0]
@@ -184,7 +188,7 @@ def test_max_pred_and_score_threshold_limit_the_red_polygons(max_pred, threshold
         assert sorted(t.get_text() for t in axes["bev"].texts) == sorted(
             f"{SCORES[i]:.2f}" for i in expected
         )
-        assert f"{len(expected)} of 5 pred" in axes["bev"].get_title()
+        assert f"{len(expected)} of 5 detected" in axes["bev"].get_title()
         for name, ax in axes.items():
             if name != "bev":  # every box crosses every slice; slices carry no labels
                 assert drawn_boxes(ax) == expected and not ax.texts
@@ -249,6 +253,8 @@ def test_save_box_views_writes_the_png_of_box_views_image(tmp_path):
         ({"gt_boxes": np.array([[1.0, 1.0, np.nan, 1.0, 1.0, 1.0, 0.0]])}, "gt_boxes"),
         ({"pred_boxes": np.zeros((2, 8))}, "pred_boxes"),
         ({"pred_boxes": PRED, "pred_scores": SCORES[:3]}, "pred_scores"),
+        ({"gt_labels": [1, 2]}, "gt_labels"),
+        ({"pred_boxes": PRED, "labels": [1, 2]}, "labels"),
     ],
 )
 def test_bad_shapes_raise_value_error(kwargs, field):
@@ -259,14 +265,16 @@ def test_bad_shapes_raise_value_error(kwargs, field):
         save_box_views("/nonexistent/never.png", **args)
 
 
-def test_the_birds_eye_view_looks_under_the_ceiling():
-    # An opaque white ceiling over the whole grid and a blue voxel inside the GT box: looking
-    # down through the boxes' height range, the view shows the blue voxel, not the ceiling.
-    gt = np.array([[12.0, 10.0, 5.0, 10.0, 8.0, 6.0, 0.0]])  # z from 2 to 8
+@pytest.mark.parametrize("stored", [True, False])
+def test_the_birds_eye_view_looks_under_the_ceiling(stored):
+    # An opaque white ceiling over the whole grid and a blue voxel inside the box: looking
+    # down through the boxes' height range (the detected ones' when none are stored), the
+    # view shows the blue voxel, not the ceiling.
+    box = np.array([[12.0, 10.0, 5.0, 10.0, 8.0, 6.0, 0.0]])  # z from 2 to 8
     rgba = empty_grid()
     rgba[:, :, :, -1] = 1.0  # the ceiling, above the box
     rgba[:, 12, 10, 4] = [0.0, 0.0, 1.0, 1.0]
-    fig, axes = box_views_figure(rgba, None, gt)
+    fig, axes = box_views_figure(rgba, None, *((box, None) if stored else (None, box)))
     try:
         image = render(fig)
         (bx, by), (wx, wy) = axes["bev"].transData.transform([[12.5, 10.5], [3.5, 3.5]])
@@ -275,3 +283,71 @@ def test_the_birds_eye_view_looks_under_the_ceiling():
     h = image.shape[0]
     assert np.allclose(image[int(h - by), int(bx)], [0, 0, 255], atol=5)
     assert not np.allclose(image[int(h - wy), int(wx)], [255, 255, 255], atol=30)
+
+
+# --------------------------------------------------------------------------- readable
+def test_legend_axis_labels_units_and_size_on_a_non_cubic_room():
+    room = (64, 50, 40)  # a whole room: not a cube, larger than SHAPE
+    rgba = np.zeros((4, 64, 64, 64), np.float32)
+    valid = np.zeros((64, 64, 64), bool)
+    valid[: room[0], : room[1], : room[2]] = True
+    gt = np.array([[20.0, 30.0, 6.0, 10.0, 8.0, 10.0, 0.0]])
+    fig, axes = box_views_figure(rgba, valid, gt, gt + 1, [0.8], title="room")
+    try:
+        (legend,) = fig.legends
+        assert [t.get_text() for t in legend.get_texts()] == [
+            GT_NAME,
+            f"{PRED_NAME} (label: score)",
+        ]
+        assert [h.get_color() for h in legend.legend_handles] == [GT_COLOUR, PRED_COLOUR]
+        assert fig.get_size_inches()[0] * fig.dpi >= 1600
+        assert axes["bev"].get_ylabel() == "y (voxels)"
+        for name, ax in axes.items():
+            assert ax.get_xlabel() == "x (voxels)"
+            assert ax.get_xlim() == (0.0, 64.0) and ax.get_ylim() == (0.0, 50.0)
+            assert ax.title.get_fontsize() >= 10
+            assert min(t.get_fontsize() for t in ax.get_xticklabels()) >= 9
+            if name != "bev":
+                assert f"z = {name[2:]} voxels" in ax.get_title()
+    finally:
+        plt.close(fig)
+    fig, _ = box_views_figure(rgba, valid, gt)  # no predictions: nothing to explain
+    try:
+        assert [t.get_text() for t in fig.legends[0].get_texts()] == [GT_NAME]
+    finally:
+        plt.close(fig)
+
+
+def test_class_names_label_stored_and_detected_boxes():
+    names = ["void", "table", "chair"]
+    fig, axes = box_views_figure(empty_grid(), None, GT, PRED, SCORES, gt_labels=[1],
+                                 labels=[2, 1, 2, 9, 2], class_names=names)  # fmt: skip
+    try:
+        texts = {t.get_text(): t.get_color() for t in axes["bev"].texts}
+        assert texts == {"table": GT_COLOUR, "chair 0.90": PRED_COLOUR, "table 0.60": PRED_COLOUR,
+                         "chair 0.40": PRED_COLOUR, "class 9 0.20": PRED_COLOUR,
+                         "chair 0.55": PRED_COLOUR}  # fmt: skip
+        legend = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert legend[1] == f"{PRED_NAME} (label: class score)"
+    finally:
+        plt.close(fig)
+
+
+def test_crowded_labels_are_thinned_best_first_and_stay_inside_the_panel():
+    # 15 detections piled on one spot, some at the panel's top edge.
+    rng = np.random.default_rng(0)
+    pred = np.array([[10.0, 20.0, 8.0, 4.0, 4.0, 4.0, 0.0]]) + rng.normal(0, 0.3, (15, 7))
+    scores = np.linspace(0.95, 0.25, 15)
+    fig, axes = box_views_figure(empty_grid(), None, GT, pred, scores)
+    try:
+        bev = axes["bev"]
+        renderer = fig.canvas.get_renderer()
+        boxes = [t.get_window_extent(renderer) for t in bev.texts]
+        panel = bev.get_window_extent(renderer)
+        shown = [t.get_text() for t in bev.texts]
+    finally:
+        plt.close(fig)
+    assert "0.95" in shown and 1 <= len(shown) < 15
+    for i, a in enumerate(boxes):
+        assert panel.x0 <= a.x0 and a.x1 <= panel.x1 and panel.y0 <= a.y0 and a.y1 <= panel.y1
+        assert not any(a.overlaps(b) for b in boxes[i + 1 :])
