@@ -173,8 +173,8 @@ def main() -> None:
 
 def draw_slices(grids: dict[str, RadianceGrid], path: Path, title: str) -> Path:
     """Opacity of each grid (on the ground truth's voxel step) in two horizontal slices, at a
-    third and at two thirds of the room's height, side by side: a haze is grey, walls and
-    furniture are white."""
+    third and at two thirds of the room's height, side by side, with one colour bar: a haze
+    is grey, walls and furniture are white."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -183,20 +183,23 @@ def draw_slices(grids: dict[str, RadianceGrid], path: Path, title: str) -> Path:
     from pipeline.fidelity import alpha_on_step
 
     truth = grids["ground truth"]
-    fig, axes = plt.subplots(2, len(grids), figsize=(2.6 * len(grids), 5.2), squeeze=False)
+    # Constrained layout makes room for the colour bar right of the panels.
+    fig, axes = plt.subplots(2, len(grids), figsize=(2.8 * len(grids) + 1.0, 5.6),
+                             squeeze=False, layout="constrained")  # fmt: skip
     for col, (name, grid) in enumerate(grids.items()):
         alpha = alpha_on_step(grid.alpha.astype(np.float64), grid.delta, truth.delta)
         for row, fraction in enumerate((1 / 3, 2 / 3)):
             k = int(round(fraction * (grid.shape[2] - 1)))
             ax = axes[row, col]
-            ax.imshow(alpha[:, :, k].T, origin="lower", cmap="gray", vmin=0, vmax=1)
+            image = ax.imshow(alpha[:, :, k].T, origin="lower", cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
             height = grid.bbox_min[2] + k * grid.voxel_size
-            ax.set_title(f"{name}\nz = {height:.2f}" if row == 0 else f"z = {height:.2f}",
-                         fontsize=8)  # fmt: skip
-    fig.suptitle(f"opacity slices, {title}", fontsize=9)
-    fig.tight_layout()
+            where = f"z = {height:.2f} world units"
+            ax.set_title(f"{name}\n{where}" if row == 0 else where, fontsize=9)
+    bar = fig.colorbar(image, ax=axes, shrink=0.8)
+    bar.set_label(f"opacity for a step of {truth.delta:g} (the ground truth's)", fontsize=9)
+    fig.suptitle(f"opacity slices, {title}", fontsize=10)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

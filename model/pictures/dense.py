@@ -2,8 +2,9 @@
 
 Label slices: horizontal (constant z) slices of the real grid at a few heights, the true
 labels above and the predictions on the labelled voxels below (void is neither trained nor
-scored), void black, one colour per class with a legend; a third row marks the errors
-(white: wrong, grey: right).
+scored), void black, one colour per class; a third row marks the errors (red: wrong, light
+grey: right, black: void). Two legends right of the panels name the class colours and the
+error colours.
 Super-resolution: the low-resolution input, the prediction and the target as top-down
 composites (alpha taken from the target, since the loss supervises colour only).
 """
@@ -25,6 +26,11 @@ def label_colours(num_classes: int) -> np.ndarray:
     """``(K, 3)`` colours: void black, then tab20's distinct colours (cycled past 20)."""
     tab = plt.get_cmap("tab20").colors
     return np.array([(0.0, 0.0, 0.0)] + [tab[(c - 1) % 20] for c in range(1, num_classes)])
+
+
+# The errors row: void (not scored), right, wrong; wrong stands out in red.
+ERROR_COLOURS = ((0.0, 0.0, 0.0), (0.75, 0.75, 0.75), (0.9, 0.1, 0.1))
+ERROR_NAMES = ("void (not scored)", "right", "wrong")
 
 
 def save_label_slices(
@@ -54,38 +60,43 @@ def save_label_slices(
     names = list(class_names or [str(c) for c in range(num_classes)])
     names += [str(c) for c in range(len(names), num_classes)]
     cmap = ListedColormap(label_colours(num_classes))
+    errors = ListedColormap(ERROR_COLOURS)
     x, y, z = real_region(v)
     ks = sorted({min(z - 1, int(h * z)) for h in heights})
-    fig, axes = plt.subplots(3, len(ks), figsize=(3.2 * len(ks), 9.4), squeeze=False)
+    # Constrained layout leaves room right of the panels for the two legends.
+    fig, axes = plt.subplots(3, len(ks), figsize=(3.6 * len(ks) + 2.4, 10.0), squeeze=False,
+                             layout="constrained")  # fmt: skip
     for c, k in enumerate(ks):
         true_k = t[:x, :y, k]
         pred_k = np.where(true_k > 0, p[:x, :y, k], 0)  # void is never trained or scored
         scored = true_k > 0
-        wrong = scored & (true_k != pred_k)
-        error = np.where(wrong, 1.0, np.where(scored, 0.45, 0.0))
+        error = np.where(scored, np.where(true_k != pred_k, 2, 1), 0)  # indices of ERROR_*
         panels = [
-            ("true", true_k, cmap),
-            ("predicted (labelled voxels)", pred_k, cmap),
-            ("errors", error, "gray"),
+            ("true", true_k, cmap, num_classes - 1),
+            ("predicted (labelled voxels)", pred_k, cmap, num_classes - 1),
+            ("errors (labelled voxels)", error, errors, len(ERROR_COLOURS) - 1),
         ]
-        for r, (row, image, colours) in enumerate(panels):
+        for r, (row, image, colours, vmax) in enumerate(panels):
             ax = axes[r, c]
-            vmax = 1 if colours == "gray" else num_classes - 1
             ax.imshow(image.T, origin="lower", cmap=colours, vmin=0, vmax=vmax,
                       interpolation="nearest")  # fmt: skip
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(f"z = {k} of {z}", fontsize=9)
+                ax.set_title(f"z = {k} voxels (of {z})", fontsize=10)
             if c == 0:
-                ax.set_ylabel(row, fontsize=9)
+                ax.set_ylabel(row, fontsize=10)
     present = sorted((set(np.unique(t[v])) | set(np.unique(p[v]))) - {0})
-    handles = [Patch(color=cmap(c), label=names[c]) for c in present]
-    if handles:
-        fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=8)
+    classes = [Patch(color=cmap(0), label="void (unlabelled)")]
+    classes += [Patch(color=cmap(c), label=names[c]) for c in present]
+    fig.legend(handles=classes, loc="outside right upper", fontsize=10, title="classes",
+               title_fontsize=10, ncol=1 if len(classes) <= 16 else 2)  # fmt: skip
+    outcomes = [Patch(color=colour, label=name)
+                for colour, name in zip(ERROR_COLOURS, ERROR_NAMES, strict=True)]  # fmt: skip
+    fig.legend(handles=outcomes, loc="outside right lower", fontsize=10, title="errors",
+               title_fontsize=10)  # fmt: skip
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.06 if handles else 0, 1, 1))
+        fig.suptitle(title, fontsize=12)
     return save_figure(fig, path)
 
 
@@ -114,4 +125,3 @@ def save_superres(
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
-
