@@ -76,8 +76,11 @@ class InvalidSceneIdError(ValueError):
     """A scene id that could escape its folder or is not portable across backends."""
 
 
-class SceneNotFoundError(KeyError):
-    """No complete scene of that id in the store (absent, or a writer never finished it)."""
+class SceneNotFoundError(KeyError, ValueError):
+    """No complete scene of that id in the store (absent, or a writer never finished it).
+
+    A ``KeyError`` to code that looks scenes up, and a ``ValueError`` because the id is
+    usually a user's input: command lines report it as bad input, without a traceback."""
 
     def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable
         return str(self.args[0]) if self.args else ""
@@ -274,7 +277,9 @@ class GridStore:
     def _require_scene(self, scene_id: str) -> zarr.Group:
         group = self._complete_group(scene_id)
         if group is None:
-            raise SceneNotFoundError(f"{self.url}: no complete scene {scene_id!r}")
+            raise SceneNotFoundError(
+                f"{self.url}: no complete scene {scene_id!r} ({self._scenes_named()})"
+            )
         version = group.attrs.get("schema_version", SCHEMA_VERSION)
         if isinstance(version, int) and version > SCHEMA_VERSION:
             raise StoreFormatError(
@@ -291,6 +296,14 @@ class GridStore:
         return sorted(
             n for n in set(names) if _is_scene_id(n) and self._complete_group(n) is not None
         )
+
+    def _scenes_named(self, shown: int = 5) -> str:
+        """The first few scene ids, for an error about one that is not there."""
+        scenes = self.list_scenes()
+        if not scenes:
+            return "the store has no complete scenes"
+        more = ", ..." if len(scenes) > shown else ""
+        return f"the store has {len(scenes)} scenes: {', '.join(scenes[:shown])}{more}"
 
     def has_scene(self, scene_id: str, config_hash: str | None = None) -> bool:
         """True if the scene is complete (and was written with ``config_hash``, when given)."""

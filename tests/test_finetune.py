@@ -196,6 +196,18 @@ def test_cli_finetune_semantics_and_a_store_without_labels(stores, pretrained, t
     assert "['plain']" in err and "no semantic labels" in err
     assert not (tmp_path / "no").exists()  # failed before writing anything
 
+    refused = {  # flag -> what the error says instead of a traceback
+        ("--num-classes", "5"): f"{stores['low']}: scene 'room0' has labels 0..7, outside the "
+                                "5 classes of num_classes (--num-classes",
+        ("--val-scenes", "nope"): "--val-scenes: ['nope'] are not scenes of the store",
+        ("--epochs", "0"): "--epochs: must be >= 1, got 0",
+    }  # fmt: skip
+    for flag, said in refused.items():
+        code = cli_main(["finetune", "semantics", "--store", stores["low"], "--out",
+                         str(tmp_path / "no"), "--scratch", "--preset", "tiny", *flag])  # fmt: skip
+        assert code == 2 and said in capsys.readouterr().err, flag
+    assert not (tmp_path / "no").exists()
+
 
 def test_super_resolution_from_a_finer_store(stores, pretrained, tmp_path):
     config = _config(stores, tmp_path / "sr", task="superres", target_store_url=stores["high"],
@@ -273,6 +285,11 @@ def test_detection_from_a_pretrained_encoder_then_detect_evaluate_and_export(
                      "--scene-ids", "room3"]) == 0  # fmt: skip
     scores = json.loads(capsys.readouterr().out)
     assert scores["num_scenes"] == 1 and scores["num_gt"] > 0 and 0 <= scores["ap25"] <= 1
+    for argv in (["detect", "--scene-id", "nope", "--out", str(tmp_path / "nope.json")],
+                 ["evaluate", "--scene-ids", "room3", "nope"]):  # fmt: skip
+        assert cli_main([*argv, "--store", stores["low"], "--checkpoint", str(checkpoint)]) == 2
+        assert (f"{stores['low']}: no complete scene 'nope' (the store has 4 scenes: room0, "
+                "room1, room2, room3)") in capsys.readouterr().err  # fmt: skip
     assert cli_main(["export-3d", "--store", stores["low"], "--scene-id", "room3", "--out",
                      str(tmp_path / "ply"), "--boxes", str(boxes_json)]) == 0  # fmt: skip
     assert (tmp_path / "ply" / "room3_pred_boxes.ply").is_file()

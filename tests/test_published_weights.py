@@ -140,6 +140,20 @@ def test_python_objects_and_damaged_files_are_refused_by_name(fixture, tmp_path)
         read_checkpoint(cut)
 
 
+def test_files_that_are_not_checkpoints_are_refused_by_name_on_the_command_line(
+    tmp_path, capsys
+):
+    whole = tmp_path / "whole.pt"
+    torch.save({"weights": torch.zeros(256)}, whole)
+    files = {"cut.pt": (whole.read_bytes()[:300], "not a readable checkpoint, truncated"),
+             "notes.pt": (b"lr: 0.1\n", "not a torch checkpoint (the file starts with b'lr: "),
+             "empty.pt": (b"", "not a torch checkpoint (the file is empty")}  # fmt: skip
+    for name, (content, said) in files.items():
+        (tmp_path / name).write_bytes(content)
+        assert cli_main(["checkpoint", "info", str(tmp_path / name)]) == 2, name
+        assert f"{tmp_path / name}: {said}" in capsys.readouterr().err
+
+
 def test_a_downstream_network_starts_from_the_published_mae(fixture, published):
     net = build_semantic_net(_project_config(fixture), 5)
     report = load_pretrained(net, published["mae"])

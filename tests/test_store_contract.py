@@ -172,7 +172,13 @@ class TestStoreContract:
     def test_missing_scene_error_names_store_and_scene(self, store):
         with pytest.raises(KeyError) as info:
             store.scene_attrs("nope")
-        assert "nope" in str(info.value) and store.url in str(info.value)
+        said = f"{store.url}: no complete scene 'nope' (the store has no complete scenes)"
+        assert str(info.value) == said
+        for scene in ("a", "b"):
+            store.write_grid(scene, make_grid(labels=False))
+        # also a ValueError: command lines report an unknown scene as bad input
+        with pytest.raises(ValueError, match=r"'nope' \(the store has 2 scenes: a, b\)$"):
+            store.read_grid("nope")
 
     def test_reopened_store_accepts_writes(self, store):
         store.write_grid("first", make_grid(labels=False))

@@ -12,7 +12,7 @@ from model.finetune import config_from_namespace, task_first
 from model.pretrain import build_arg_parser as pretrain_parser
 from model.tasks import FINETUNE_TASKS, TASKS, make_config, task_class
 from model.tasks.pretrain import PretrainConfig
-from model.training.cli import config_argv, config_from_args, field_docs
+from model.training.cli import config_argv, config_from_args, field_docs, flag_message
 
 BASE = ["--store", "g.zarr", "--out", "run"]
 
@@ -102,3 +102,23 @@ def test_flags_left_out_keep_each_tasks_defaults_and_bad_values_are_refused():
         PretrainConfig(store_url="s", out_dir="o", weight_decay=-1.0)
     with pytest.raises(ValueError, match=r"PretrainConfig\.clip_grad_norm"):
         PretrainConfig(store_url="s", out_dir="o", clip_grad_norm=0.0)
+
+
+def test_command_lines_name_the_flag_and_the_python_api_the_field(tmp_path, capsys):
+    from model.finetune import main as finetune_main
+    from model.pretrain import main as pretrain_main
+
+    out = str(tmp_path / "run")
+    assert finetune_main(["detect", "--store", "g.zarr", "--out", out, "--scratch",
+                          "--epochs", "0"]) == 2  # fmt: skip
+    assert "error: --epochs: must be >= 1, got 0\n" in capsys.readouterr().err
+    assert pretrain_main(["--store", "", "--out", out]) == 2  # an alias: the flag typed
+    assert "error: --store: must name a grid store, got ''\n" in capsys.readouterr().err
+    assert flag_message(PretrainConfig, "PretrainConfig: rgb_schedule: 'x' is not one of") == (
+        "--rgb-schedule: 'x' is not one of")
+    for untouched in ("g.zarr: scenes: ['x'] are not complete scenes", "Other.lr: bad",
+                      "no_such_field: bad"):  # fmt: skip
+        assert flag_message(PretrainConfig, untouched) == untouched
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match=r"^PretrainConfig\.epochs: must be >= 1"):
+        PretrainConfig(store_url="s", out_dir="o", epochs=0)

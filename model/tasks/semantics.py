@@ -109,6 +109,16 @@ class SemanticsTask(DenseTask):
                     "(--num-classes, void included)"
                 )
             self.num_classes = len(self.class_names)
+        # Here, not when the labels are counted or scored: that names neither scene nor flag.
+        for scene in scene_ids:
+            top = int(self.store.scene_zarr_arrays(scene)["semantic"][...].max(initial=0))
+            if top >= self.num_classes:
+                stored = len(self.class_names or ())
+                raise ValueError(
+                    f"{self.store.url}: scene {scene!r} has labels 0..{top}, outside the "
+                    f"{self.num_classes} classes of num_classes (--num-classes, void included; "
+                    f"the store names {stored or 'no'} classes)"
+                )
 
     def datasets(self, train_scenes, val_scenes):
         train, val = self.grid_datasets(train_scenes, val_scenes)

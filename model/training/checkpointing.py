@@ -44,6 +44,9 @@ CHECKPOINT_VERSION = 1
 LATEST = "latest.pt"
 BEST = "best.pt"
 _STEP_FILE = re.compile(r"^step_(\d{6,})\.pt$")
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_MAGIC = b"\x80"
+"""First bytes of torch.save's files: a zip archive, or (before torch 1.6) a pickle stream."""
 
 
 @dataclass(frozen=True)
@@ -205,22 +208,45 @@ def save_best_checkpoint(checkpoint: dict[str, Any], directory: str | Path) -> P
 
 def load_file(path: str | Path, trusted: bool = False) -> Any:
     """``torch.load`` of ``path`` on the CPU, ``weights_only`` unless ``trusted``; errors name
-    the file (missing, truncated or corrupt, or holding Python objects)."""
+    the file (missing, not a torch file, truncated or corrupt, or holding Python objects)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint")
+    with path.open("rb") as file:
+        head = file.read(len(_ZIP_MAGIC))
+    # torch's own unpickler fails on a foreign file with bare KeyErrors and IndexErrors:
+    # telling torch files by their first bytes gives the user a sentence instead.
+    if not head.startswith((_ZIP_MAGIC, _PICKLE_MAGIC)):
+        found = f"starts with {head!r}" if head else "is empty"
+        raise ValueError(f"{path}: not a torch checkpoint (the file {found}; torch.save writes "
+                         "a zip archive)")  # fmt: skip
     try:
         return torch.load(path, map_location="cpu", weights_only=not trusted)
     except pickle.UnpicklingError as exc:
-        found = str(exc).split("\n")[0]
+        reason = _load_error(exc)
+        if trusted or "Unsupported operand" in reason:
+            raise _unreadable(path, reason) from None
         raise ValueError(
             f"{path}: holds Python objects beyond tensors and plain values, which are not "
-            f"read without trust ({found}); if you trust the file's origin, read it with "
+            f"read without trust ({reason}); if you trust the file's origin, read it with "
             "model.checkpoints.read_checkpoint(path, trusted=True)"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
-        raise ValueError(f"{path}: not a readable checkpoint (truncated or corrupt: "
-                         f"{str(exc).splitlines()[0]})") from None  # fmt: skip
+    except (RuntimeError, EOFError, KeyError, IndexError, ValueError, zipfile.BadZipFile,
+            OSError) as exc:  # fmt: skip
+        raise _unreadable(path, _load_error(exc)) from None
+
+
+def _unreadable(path: Path, reason: str) -> ValueError:
+    return ValueError(f"{path}: not a readable checkpoint, truncated or corrupt ({reason})")
+
+
+def _load_error(exc: BaseException) -> str:
+    """The telling sentence of a ``torch.load`` error (torch wraps the unpickler's reason in
+    paragraphs of advice)."""
+    text = str(exc).split("WeightsUnpickler error:")[-1]
+    line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    sentence = re.split(r"\.\s+(?=[A-Z])", line)[0].rstrip(".")
+    return f"{type(exc).__name__}: {sentence}" if sentence else type(exc).__name__
 
 
 def check_checkpoint(checkpoint: Any, path: str | Path) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import sys
 import textwrap
 import typing
@@ -161,7 +162,26 @@ def config_from_args(config_class: type, args: argparse.Namespace | dict[str, An
             merged = dict(values.get(shortcut.field) or {})
             merged[shortcut.key] = given[SHORTCUT_PREFIX + flag]
             values[shortcut.field] = merged
-    return config_class(**values)
+    try:
+        return config_class(**values)
+    except ValueError as exc:
+        raise ValueError(flag_message(config_class, str(exc))) from None
+
+
+_FIELD_PREFIX = re.compile(r"(?:(?P<owner>[A-Z]\w*)(?:\.|: ))?(?P<field>\w+): ")
+
+
+def flag_message(config_class: type, message: str) -> str:
+    """``message`` with the field it opens with (``Config.field:``, ``Config: field:`` or
+    ``field:``) spelled as the flag that sets it: the user of a command line typed the flag.
+    Other messages are returned as they are."""
+    match = _FIELD_PREFIX.match(message)
+    owners = {cls.__name__ for cls in config_class.__mro__}
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    if (match is None or match["field"] not in fields
+            or (match["owner"] is not None and match["owner"] not in owners)):  # fmt: skip
+        return message
+    return f"{flags_of(config_class, match['field'])[0]}: {message[match.end() :]}"
 
 
 def config_argv(config: Any) -> list[str]:
@@ -211,10 +231,13 @@ def run_config_command(
     log, run, and print the summary on rank 0. Bad input is one line on stderr, exit 2."""
     args = parser.parse_args(argv)
     rank = configure_rank_logging()
+    config = None
     try:
-        summary = run(make_config(args))
+        config = make_config(args)
+        summary = run(config)
     except (FileNotFoundError, ValueError) as exc:
-        sys.stderr.write(f"{parser.prog}: error: {exc}\n")
+        message = str(exc) if config is None else flag_message(type(config), str(exc))
+        sys.stderr.write(f"{parser.prog}: error: {message}\n")
         return 2
     if rank == 0:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")

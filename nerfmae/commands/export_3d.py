@@ -44,20 +44,16 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from grid_store import SceneNotFoundError
     from pipeline.export_3d import export_scene, ply_element_counts, read_boxes_json
 
-    try:
-        written = export_scene(
-            args.store,
-            args.scene_id,
-            args.out,
-            boxes_json=args.boxes,
-            alpha_threshold=args.alpha_threshold,
-            score_threshold=args.score_threshold,
-        )
-    except SceneNotFoundError as exc:  # a KeyError: make it the clean bad-input error
-        raise ValueError(str(exc)) from exc
+    written = export_scene(
+        args.store,
+        args.scene_id,
+        args.out,
+        boxes_json=args.boxes,
+        alpha_threshold=args.alpha_threshold,
+        score_threshold=args.score_threshold,
+    )
 
     for kind, path in written.items():
         counts = ply_element_counts(path)
