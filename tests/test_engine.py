@@ -27,6 +27,8 @@ from model.tasks.pretrain import PretrainConfig, accumulate_gradients, pretrain
 from model.training.checkpointing import capture_rng_state, load_checkpoint, restore_rng_state
 from model.training.config import fit_batch_to_scenes, split_scenes
 from model.training.distributed import DistributedContext, ResumableDistributedSampler
+from model.training.run_folder import RunFolder
+from model.training.trainer import validation_interval
 from nerfmae.cli import main as cli_main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -306,3 +308,44 @@ def test_a_store_of_one_grid_trains_and_warns_there_is_no_validation(tmp_path, c
         summary = pretrain(_config(url, tmp_path / "run", batch_size=32, epochs=1))
     assert summary["steps"] == 1 and summary["val_psnr"] is None and summary["recon_png"] is None
     assert "no validation scene: 1 scene(s) in the store" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("eval_every", "steps", "expected"),
+    [
+        (None, 2, 1),
+        (None, 30, 6),
+        (None, 31, 7),
+        (None, 10**6, 1000),
+        (7, 30, 7),
+        (10**9, 3, 10**9),
+    ],
+)
+def test_validation_interval_is_about_five_per_run_unless_set(eval_every, steps, expected):
+    assert validation_interval(eval_every, steps) == expected
+
+
+def test_a_short_run_without_eval_every_validates_and_draws_at_every_step(store_url, tmp_path):
+    run = tmp_path / "run"
+    pretrain(_config(store_url, run, eval_every=None, epochs=1))  # 2 steps
+    assert sorted(p.name for p in (run / "recon").glob("*.png")) == [
+        "step_000001.png",
+        "step_000002.png",
+    ]
+    assert json.loads((run / "config.json").read_text())["resolved"]["eval_every"] == 1
+
+
+def test_validation_writes_per_class_figures_as_tensorboard_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    folder = RunFolder(tmp_path / "run")
+    folder.open(0, resumed=False)
+    result = {"ap50": 0.5, "num_gt": 3, "per_class_ap50": {"chair": 0.25, "table": None}}
+    folder.log_validation(result, 2, None, "boxes")
+    folder.close()
+    events = EventAccumulator(str(folder.tensorboard_dir))
+    events.Reload()
+    assert sorted(events.Tags()["scalars"]) == ["val/ap50", "val/num_gt",
+                                                "val_per_class_ap50/chair"]  # fmt: skip
+    (chair,) = events.Scalars("val_per_class_ap50/chair")
+    assert (chair.step, chair.value) == (2, 0.25)

@@ -87,8 +87,11 @@ class TrainingConfig:
     """DataLoader worker processes per rank (0: load in the training process)."""
     log_every: int = 10
     """Optimiser steps between logged figures (TensorBoard, train_log.jsonl, progress bar)."""
-    eval_every: int = 1000
-    """Optimiser steps between validations (and pictures); also at the end."""
+    eval_every: int | None = None
+    """Optimiser steps between validations (and pictures); also at the end. ``None``: about
+    five validations per run, every ``ceil(steps / 5)`` steps of the steps this run trains
+    (to ``max_steps`` or the schedule's end), but at least every 1000 steps, so that a short
+    run still draws a validation curve and several pictures."""
     checkpoint_every: int = 1000
     """Optimiser steps between checkpoints; also at the end."""
     keep_checkpoints: int = 3
@@ -120,9 +123,11 @@ class TrainingConfig:
         if self.resolution is not None and self.resolution < 1:
             fail("resolution", "must be >= 1 or None")
         for name in ("epochs", "batch_size", "grad_accum_steps", "log_every",
-                     "eval_every", "checkpoint_every"):  # fmt: skip
+                     "checkpoint_every"):  # fmt: skip
             if int(getattr(self, name)) < 1:
                 fail(name, "must be >= 1")
+        if self.eval_every is not None and self.eval_every < 1:
+            fail("eval_every", "must be >= 1 or None")
         if self.num_workers < 0:
             fail("num_workers", "must be >= 0")
         if self.keep_checkpoints < 0:

@@ -85,10 +85,17 @@ class RunFolder:
 
     def log_validation(self, result: dict[str, Any], step: int, picture: Path | None,
                        picture_dir: str) -> None:  # fmt: skip
-        """``val/<name>`` scalars of the numbers in ``result``, and the picture as an image."""
+        """``val/<name>`` scalars of the numbers in ``result``, ``val_<name>/<key>`` scalars of
+        its dicts of numbers (per-class figures: one TensorBoard section per figure, a chart
+        per class; ``None``, a class absent from the validation scenes, is skipped), and the
+        picture as an image."""
         for name, value in result.items():
-            if isinstance(value, (int, float)) and value is not None:
+            if isinstance(value, (int, float)):
                 self._writer.add_scalar(f"val/{name}", value, step)
+            elif isinstance(value, dict):
+                for key, number in value.items():
+                    if isinstance(number, (int, float)):
+                        self._writer.add_scalar(f"val_{name}/{key}", number, step)
         if picture is not None and picture.is_file():
             self._writer.add_image(f"val/{picture_dir}", read_png(picture), step,
                                    dataformats="HWC")  # fmt: skip

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -63,6 +64,20 @@ from model.training.task import Batch, Task
 from model.training.validation import LossMeans, validation_pass
 
 logger = logging.getLogger(__name__)
+
+VALIDATIONS_PER_RUN = 5
+"""How many times a run validates when ``eval_every`` is None (at most every
+:data:`MAX_EVAL_EVERY` steps)."""
+MAX_EVAL_EVERY = 1000
+
+
+def validation_interval(eval_every: int | None, steps: int) -> int:
+    """Optimiser steps between validations of a run that trains ``steps`` steps: the
+    config's ``eval_every``, or when it is None ``ceil(steps / VALIDATIONS_PER_RUN)`` capped
+    at :data:`MAX_EVAL_EVERY`."""
+    if eval_every is not None:
+        return eval_every
+    return max(1, min(MAX_EVAL_EVERY, math.ceil(steps / VALIDATIONS_PER_RUN)))
 
 
 class Trainer:
@@ -116,6 +131,7 @@ class Trainer:
         self.steps_per_epoch = len(self.sampler) // (self.micro_batch * config.grad_accum_steps)
         self.total_steps = config.epochs * self.steps_per_epoch
         self.stop_step = min(self.total_steps, config.max_steps or self.total_steps)
+        self.eval_every = validation_interval(config.eval_every, self.stop_step)
         self.train_loader = train_loader(self.train_set, self.sampler, self.micro_batch,
                                          config.num_workers, ctx.device, config.seed)  # fmt: skip
         self.val_loader = None
@@ -231,7 +247,8 @@ class Trainer:
                 "device": str(self.ctx.device), "world_size": self.ctx.world_size,
                 "amp_dtype": str(self.amp_dtype) if self.amp_dtype else "fp32",
                 "micro_batch_per_rank": self.micro_batch, "steps_per_epoch": self.steps_per_epoch,
-                "total_steps": self.total_steps, "parameters": self.parameters,
+                "total_steps": self.total_steps, "eval_every": self.eval_every,
+                "parameters": self.parameters,
                 "train_scenes": self.train_scenes, "val_scenes": self.val_scenes,
                 "memory": self.memory.as_dict() if self.memory else None,
                 **json_ready(self.task.run_info()),
@@ -304,6 +321,9 @@ class Trainer:
             self.parameters, len(self.train_scenes), len(self.val_scenes), self.steps_per_epoch,
             config.epochs, self.stop_step, ctx.device, ctx.world_size, self.amp_dtype or "fp32",
         )  # fmt: skip
+        if self.val_loader is not None:
+            logger.info("validating (and drawing) every %d steps and at step %d (eval_every %s)",
+                        self.eval_every, self.stop_step, config.eval_every)  # fmt: skip
         val: dict[str, Any] = {k: None for k in task.val_keys}
         last_train: dict[str, float] = {}
         evaluated_at = checkpoint_path = None
@@ -354,7 +374,7 @@ class Trainer:
             else:
                 window_seconds += time.perf_counter() - tic
             progress.update(1)
-            if self.val_loader is not None and (step % config.eval_every == 0 or is_last):
+            if self.val_loader is not None and (step % self.eval_every == 0 or is_last):
                 val = self.validate()
                 evaluated_at = step
                 self._keep_if_best(val)
