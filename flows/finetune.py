@@ -14,8 +14,9 @@ One device: :func:`model.tasks.train` runs inside the task. Several devices
 (``nproc_per_node > 1``): the task launches ``torchrun ... -m model.finetune TASK ...`` as
 :mod:`flows.pretrain` does for pretraining (:mod:`flows.training_runs`) and reads the
 summary from ``RUN/metrics.json``. Either way the run ends with a markdown artifact of the
-task's metrics (mIoU; PSNR; AP25/AP50 and recalls; the rows are the task's own) and where
-the outputs are.
+task's metrics (mIoU; PSNR; AP25/AP50 and recalls, fractions in per cent; the rows are the
+task's own), the validation scenes, the latest validation picture and where the outputs are,
+and with one log line of the headline figures and the run folder.
 
 From the shell::
 
@@ -45,9 +46,10 @@ from prefect.cache_policies import NO_CACHE
 from flows.run_logs import with_library_logs
 from flows.training_runs import (
     flow_arg_parser,
+    in_percent,
     report_markdown,
-    run_fields,
     run_flow_command,
+    run_folder,
     run_training,
 )
 from model.tasks import FINETUNE_TASKS
@@ -143,30 +145,33 @@ def finetune_nerfmae(
             ``lr``, ``max_steps``, ``val_scenes``, ``num_classes``, ``detector_overrides``...).
     """
     from model.tasks import task_class
+    from model.training.task import report_value
 
+    logger = get_run_logger()
     options = dict(options or {})
     if fpn_channels is not None:
         _fpn_overrides(task, fpn_channels, options)
     if target_store is not None:
         options["target_store_url"] = target_store
-    config = run_fields(store, out_dir, runs_dir, get_run_logger(), pretrained=pretrained,
-                        scratch=scratch, preset=preset, epochs=epochs, batch_size=batch_size,
-                        resolution=resolution, label_fraction=label_fraction,
-                        **options)  # fmt: skip
-    summary = run_finetuning(task, config, nproc_per_node)
+    with run_folder(out_dir, runs_dir, logger) as folder:
+        config = {"store_url": store, "out_dir": folder, "pretrained": pretrained,
+                  "scratch": scratch, "preset": preset, "epochs": epochs,
+                  "batch_size": batch_size, "resolution": resolution,
+                  "label_fraction": label_fraction, **options}  # fmt: skip
+        summary = run_finetuning(task, config, nproc_per_node)
     create_markdown_artifact(
         key=FINETUNE_ARTIFACT_KEY,
         markdown=report_markdown(summary, store, f"NeRF-MAE fine-tuning: {task}"),
         description=f"{task} fine-tuning on {store} ({summary.get('init')})",
     )
-    headline = task_class(task).headline(summary)
-    get_run_logger().info(
-        "%s fine-tuning (%s): loss %s, %s, checkpoint %s",
-        summary.get("task"),
+    # the summary's transfer report lists every tensor by name: the line gives figures only
+    logger.info(
+        "%s fine-tuning (%s) done: %s; train loss %s; run folder %s",
+        task,
         summary.get("init"),
-        summary.get("train_loss"),
-        headline,
-        summary.get("checkpoint"),
+        task_class(task).headline(in_percent(summary)),
+        report_value(summary.get("train_loss")),
+        summary.get("run_dir"),
     )
     return summary
 

@@ -3,7 +3,8 @@
 One device: :func:`model.tasks.pretrain.pretrain` runs inside the task. Several devices
 (``nproc_per_node > 1``): the task launches ``torchrun ... -m model.pretrain ...`` and reads
 the summary from ``RUN/metrics.json`` (:mod:`flows.training_runs`). Either way the run ends
-with a markdown artifact of the final metrics and the path of the reconstruction pictures.
+with a markdown artifact of the final metrics, the validation scenes and the latest
+reconstruction picture.
 
 From the shell::
 
@@ -25,8 +26,8 @@ from flows.run_logs import with_library_logs
 from flows.training_runs import (
     flow_arg_parser,
     report_markdown,
-    run_fields,
     run_flow_command,
+    run_folder,
     run_training,
 )
 
@@ -70,10 +71,11 @@ def pretrain_mae(
         options: any other ``model.tasks.pretrain.PretrainConfig`` field (``lr``,
             ``max_steps``...).
     """
-    config = run_fields(store, out_dir, runs_dir, get_run_logger(), preset=preset, epochs=epochs,
-                        batch_size=batch_size, resolution=resolution,
-                        **(options or {}))  # fmt: skip
-    summary = run_pretraining(config, nproc_per_node)
+    with run_folder(out_dir, runs_dir, get_run_logger()) as folder:
+        config = {"store_url": store, "out_dir": folder, "preset": preset, "epochs": epochs,
+                  "batch_size": batch_size, "resolution": resolution,
+                  **(options or {})}  # fmt: skip
+        summary = run_pretraining(config, nproc_per_node)
     create_markdown_artifact(
         key=PRETRAIN_ARTIFACT_KEY,
         markdown=report_markdown(summary, store, "NeRF-MAE pretraining"),

@@ -9,18 +9,41 @@ task's log and reads the summary the engine leaves in ``RUN/metrics.json``.
 
 Reports: the rows and tables of a run's figures come from its task
 (:meth:`model.training.task.Task.report_rows`), so a flow never switches on task names.
+Fractions (AP, recall, IoU, accuracy: :data:`PERCENT_KEYS`) are shown in per cent, as
+BENCHMARKS.md gives them; the latest validation picture is embedded in the markdown (a
+``data:`` URI), since a browser elsewhere cannot open a path on the worker.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+PERCENT_KEYS = re.compile(
+    r"val_(ap\d+|recall\d+@\d+|average_recall|miou|macc|allacc|per_class_(ap\d+|iou|acc))"
+)
+"""Summary keys whose figures are fractions (per-class ones are dicts of them)."""
+
+PICTURE_MAX_EDGE = 1200
+"""Longest side, in pixels, of a picture embedded in a report (sharp enough on a screen)."""
+
+PICTURE_MAX_CHARS = 1_000_000
+"""Largest base64 picture a report embeds: Prefect stores an artifact's markdown whole in its
+database and sends it whole to the UI, so a report stays well under a few megabytes."""
+
+LISTED_SCENES = 20
+"""Validation scenes a report names before it only counts the rest."""
 
 
 def torchrun_command(config: Any, nproc_per_node: int) -> list[str]:
@@ -87,10 +110,35 @@ def run_flow_command(flow_fn, parser: argparse.ArgumentParser, argv: list[str] |
     return 0
 
 
+class Percent(float):
+    """A fraction shown in per cent: ``f"{p:.4g}"`` is the bare number (a report's row or
+    column says "%"), ``f"{p}"`` carries the sign (a log line)."""
+
+    def __format__(self, spec: str) -> str:
+        return format(100 * float(self), spec or ".4g") + ("" if spec else " %")
+
+
+def in_percent(summary: dict[str, Any]) -> dict[str, Any]:
+    """``summary`` with the figures of :data:`PERCENT_KEYS` as :class:`Percent`."""
+
+    def wrap(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: wrap(v) for k, v in value.items()}
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return Percent(value) if is_number else value
+
+    return {k: wrap(v) if PERCENT_KEYS.fullmatch(k) else v for k, v in summary.items()}
+
+
 def _cell(value: Any) -> str:
     from model.training.task import report_value
 
     return report_value(value).replace("|", "\\|")  # a cell (class names, paths) must not split
+
+
+def _percent_label(name: str, values: list[Any]) -> str:
+    """A row's or column's name, saying "%" when its figures are in per cent."""
+    return f"{name} (%)" if any(isinstance(v, Percent) for v in values) else name
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
@@ -98,46 +146,94 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return lines + ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
 
 
+def _resolved(summary: dict[str, Any]) -> dict[str, Any]:
+    """What the run resolved (``RUN/config.json``: the scene split, the transfer report...)."""
+    path = summary.get("config_path")
+    return json.loads(Path(path).read_text())["resolved"] if path and Path(path).is_file() else {}
+
+
+def _scene_list(names: list[str]) -> str:
+    shown = ", ".join(f"`{name}`" for name in names[:LISTED_SCENES])
+    rest = len(names) - LISTED_SCENES
+    return shown + (f" and {rest} more (`RUN/config.json`)" if rest > 0 else "")
+
+
+def _embedded_png(path: str | Path) -> str | None:
+    """The picture as a ``data:image/png`` URI no longer than :data:`PICTURE_MAX_CHARS`,
+    its longest side brought down to :data:`PICTURE_MAX_EDGE`; None when still too large."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.thumbnail((PICTURE_MAX_EDGE, PICTURE_MAX_EDGE))
+        png = io.BytesIO()
+        image.save(png, format="PNG", optimize=True)
+    data = base64.b64encode(png.getvalue()).decode("ascii")
+    return f"data:image/png;base64,{data}" if len(data) <= PICTURE_MAX_CHARS else None
+
+
 def report_markdown(summary: dict[str, Any], store: str, title: str) -> str:
-    """A run's report: its task's figures as tables, then where the outputs are."""
+    """A run's report: its task's figures as tables, the validation scenes and picture, then
+    where the outputs are (paths on the worker)."""
     from model.tasks import task_class
 
     task = task_class(summary.get("task", "pretrain"))
+    shown = in_percent(summary)
     rows: list[list[Any]] = [
         ["steps", summary.get("steps")],
-        *([name, value] for name, value in task.report_rows(summary)),
+        *([name, value] for name, value in task.report_rows(shown)),
         ["grids / s", summary.get("grids_per_s")],
         ["seconds", summary.get("seconds")],
         ["preset / parameters", f"{summary.get('preset')} / {summary.get('parameters')}"],
         ["device x world size", f"{summary.get('device')} x {summary.get('world_size')}"],
         list(task.scene_row(summary)),
     ]
+    rows = [[_percent_label(name, [value]), value] for name, value in rows]
     lines = [f"# {title}", "", f"Store: `{store}`", "", *_table(["metric", "value"], rows)]
-    for heading, header, table_rows in task.report_tables(summary):
+    val_scenes = _resolved(summary).get("val_scenes")
+    if val_scenes:
+        lines += ["", f"Validation scenes ({len(val_scenes)}): {_scene_list(val_scenes)}"]
+    for heading, header, table_rows in task.report_tables(shown):
+        header = [_percent_label(name, [row[i] for row in table_rows])
+                  for i, name in enumerate(header)]  # fmt: skip
         lines += ["", f"## {heading}", "", *_table(header, table_rows)]
-    lines += ["", "## Outputs", ""]
     picture = summary.get(f"{task.picture_dir}_png")
     if picture:
-        path = Path(picture).resolve()
-        lines.append(f"- validation pictures: [{path.parent}]({path.parent.as_uri()})"
-                     f" (latest: `{path.name}`)")  # fmt: skip
+        uri = _embedded_png(picture)
+        shown_as = f"![{task.picture_dir}]({uri})" if uri else "(too large to embed: see below)"
+        lines += ["", f"## Validation picture (`{Path(picture).name}`)", "", shown_as]
+    lines += ["", "## Outputs (on the worker)", ""]
+    if picture:
+        lines.append(f"- validation pictures: `{Path(picture).parent}`")
     else:
         lines.append("- validation pictures: none (no validation scenes)")
     outputs = (("run folder", "run_dir"), ("checkpoint", "checkpoint"),
-               ("TensorBoard", "tensorboard_dir"), ("metrics", "metrics_path"))
+               ("TensorBoard", "tensorboard_dir"), ("metrics", "metrics_path"))  # fmt: skip
     for label, key in outputs:
         if summary.get(key):
             lines.append(f"- {label}: `{summary[key]}`")
+    if summary.get("transfer") and summary.get("config_path"):
+        lines.append(f"- tensors loaded, fresh and dropped: `{summary['config_path']}` "
+                     "(`resolved.transfer`)")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
-def run_fields(store: str, out_dir: str | None, runs_dir: str, logger, **fields: Any) -> dict:
-    """The config fields of a training flow's run: the store, the run folder (a new dated one
-    under ``runs_dir`` when ``out_dir`` is None) and ``fields``."""
-    if out_dir is None:
-        out_dir = str(new_run_dir(runs_dir))
-        logger.info("run folder %s", out_dir)
-    return {"store_url": store, "out_dir": out_dir, **fields}
+@contextmanager
+def run_folder(out_dir: str | None, runs_dir: str, logger) -> Iterator[str]:
+    """The run's folder: ``out_dir``, or a new dated one under ``runs_dir``
+    (:func:`new_run_dir`) that is removed again if the run fails before writing into it (a
+    deployment started with a placeholder parameter leaves no empty folder behind)."""
+    if out_dir is not None:
+        yield out_dir
+        return
+    folder = new_run_dir(runs_dir)
+    logger.info("run folder %s", folder)
+    try:
+        yield str(folder)
+    except BaseException:
+        if not any(folder.iterdir()):
+            folder.rmdir()
+            logger.info("run failed before writing into %s: removed it", folder)
+        raise
 
 
 def new_run_dir(runs_dir: str | os.PathLike, now: time.struct_time | None = None) -> Path:

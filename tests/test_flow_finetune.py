@@ -6,7 +6,9 @@ reports, not about quality.
 
 from __future__ import annotations
 
+import io
 import math
+import re
 from pathlib import Path
 
 # Prefect's private home and settings: tests/conftest.py (read before any import).
@@ -104,12 +106,23 @@ def test_command_line_is_what_model_finetune_parses_back():
     assert config_from_namespace(build_arg_parser().parse_args(command[7:])) == detect
 
 
-def test_markdown_reports_each_task_and_escapes_table_cells():
-    from flows.training_runs import report_markdown
+def test_markdown_reports_each_task_in_per_cent_with_embedded_pictures(tmp_path):
+    import base64
+    import json
+
+    from PIL import Image
+
+    from flows.training_runs import PICTURE_MAX_EDGE, report_markdown
 
     def metrics_markdown(summary, store):
         return report_markdown(summary, store, f"NeRF-MAE fine-tuning: {summary['task']}")
 
+    picture = tmp_path / "boxes" / "step_000004.png"
+    picture.parent.mkdir()
+    Image.new("RGB", (3000, 600), "white").save(picture)
+    config = tmp_path / "config.json"
+    val = [f"room_{i:03d}" for i in range(25)]
+    config.write_text(json.dumps({"resolved": {"val_scenes": val}}))
     common = {"steps": 4, "init": "scratch", "transfer": None, "train_loss": 0.5,
               "val_loss": 0.25, "run_dir": "/r", "checkpoint": "/r/c.pt"}  # fmt: skip
     semantics = metrics_markdown(
@@ -117,35 +130,47 @@ def test_markdown_reports_each_task_and_escapes_table_cells():
          "val_per_class_iou": {"wall|floor": 0.25}, "val_per_class_acc": {"wall|floor": 1.0}},
         "s.zarr",
     )  # fmt: skip
-    assert "| val mIoU | 0.125 |" in semantics and "| val allAcc | 0.75 |" in semantics
-    assert "| wall\\|floor | 0.25 | 1 |" in semantics
+    assert "| val mIoU (%) | 12.5 |" in semantics and "| val allAcc (%) | 75 |" in semantics
+    assert "| class | IoU (%) | accuracy (%) |" in semantics
+    assert "| wall\\|floor | 25 | 100 |" in semantics and "| val loss | 0.25 |" in semantics
     assert "| transfer | none (from scratch) |" in semantics and "PSNR" not in semantics
-    assert "- validation pictures: none" in semantics
+    assert "- validation pictures: none" in semantics and "Validation scenes" not in semantics
     superres = metrics_markdown(
         {**common, "task": "superres", "val_psnr": 21.5, "val_mean_batch_psnr": 20.25,
-         "val_mse": 0.007, "superres_png": "/r/superres/step_000004.png"},
+         "val_mse": 0.007},
         "s.zarr",
     )  # fmt: skip
     assert "| val PSNR, pooled (dB) | 21.5 |" in superres
     assert "| val PSNR, mean of batches (dB) | 20.25 |" in superres
-    assert "| val MSE | 0.007 |" in superres and "mIoU" not in superres
-    assert "(latest: `step_000004.png`)" in superres
+    assert "| val MSE | 0.007 |" in superres and "mIoU" not in superres and "%" not in superres
+    transfer = {"summary": "a long line of modules", "loaded": 1234, "pretrain_step": 500,
+                "pretrain_epoch": 7, "fresh": ["h.w"] * 12, "dropped": ["d.w"] * 3}  # fmt: skip
     detect = metrics_markdown(
-        {**common, "task": "detect", "val_ap25": 0.5, "val_ap50": 0.25, "val_recall50@300": 0.75,
-         "val_recall50@1000": 0.875, "val_recall50@2500": 1.0, "val_num_gt": 8,
-         "val_num_detections": 40, "val_loss_cls": 0.125, "val_loss_reg": 0.0625,
-         "val_loss_ctr": 0.0625, "detector": {"channels": 16},
-         "boxes_png": "/r/boxes/step_000004.png", "val_per_class_ap25": {"chair": 0.5},
-         "val_per_class_ap50": {"chair": None}},
+        {**common, "task": "detect", "init": "pretrained", "transfer": transfer,
+         "config_path": str(config), "val_ap25": 0.5, "val_ap50": 0.25,
+         "val_recall50@300": 0.75, "val_recall50@1000": 0.875, "val_recall50@2500": 1.0,
+         "val_num_gt": 8, "val_num_detections": 40, "val_loss_cls": 0.125,
+         "val_loss_reg": 0.0625, "val_loss_ctr": 0.0625, "detector": {"channels": 16},
+         "boxes_png": str(picture), "val_per_class_ap25": {"chair": 0.5, "bed": 0.25},
+         "val_per_class_ap50": {"chair": None, "bed": 0.125}},
         "s.zarr",
     )  # fmt: skip
-    assert "| val AP25 | 0.5 |" in detect and "| val AP50 | 0.25 |" in detect
-    assert "| val recall50@300 | 0.75 |" in detect and "| val recall50@2500 | 1 |" in detect
+    assert "| transfer | 1234 tensors from step 500; 12 fresh, 3 dropped |" in detect
+    assert f"- tensors loaded, fresh and dropped: `{config}`" in detect
+    assert "| val AP25 (%) | 50 |" in detect and "| val AP50 (%) | 25 |" in detect
+    assert "| val recall50@300 (%) | 75 |" in detect and "| val recall50@2500 (%) | 100 |" in detect
     assert "| val GT boxes / detections | 8 / 40 |" in detect
     assert "| val loss (cls / reg / ctr) | 0.125 / 0.0625 / 0.0625 |" in detect
     assert "| FPN channels | 16 |" in detect and "mIoU" not in detect and "PSNR" not in detect
-    assert "/r/boxes" in detect and "(latest: `step_000004.png`)" in detect
-    assert "## Per-class AP (validation)" in detect and "| chair | 0.5 | None |" in detect
+    assert "| class | AP25 (%) | AP50 (%) |" in detect and "| chair | 50 | None |" in detect
+    assert "| bed | 25 | 12.5 |" in detect
+    names = ", ".join(f"`{name}`" for name in val[:20])
+    assert f"Validation scenes (25): {names} and 5 more" in detect
+    # the picture travels in the artifact, downscaled; no link to the worker's disk
+    assert "file:" not in detect and f"- validation pictures: `{picture.parent}`" in detect
+    (uri,) = re.findall(r"!\[boxes\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", detect)
+    with Image.open(io.BytesIO(base64.b64decode(uri))) as shown:
+        assert shown.size == (PICTURE_MAX_EDGE, PICTURE_MAX_EDGE // 5)
     assert "Per-class AP" not in superres
 
 
@@ -213,19 +238,34 @@ def test_command_line_passes_its_flags_to_the_flow(monkeypatch, capsys):
 def test_finetune_flow_from_a_checkpoint_reports_semantics(
     prefect_api, labelled_store, checkpoint, tmp_path
 ):
+    import logging
+
     from flows.finetune import finetune_nerfmae
 
-    state = finetune_nerfmae(
-        store=labelled_store,
-        task="semantics",
-        pretrained=checkpoint,
-        runs_dir=str(tmp_path / "runs"),
-        resolution=RES,
-        epochs=1,
-        batch_size=2,
-        options=FAST,
-        return_state=True,
-    )
+    class Lines(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(record.getMessage())
+
+    flow_logs = Lines()
+    logging.getLogger("prefect.flow_runs").addHandler(flow_logs)
+    try:
+        state = finetune_nerfmae(
+            store=labelled_store,
+            task="semantics",
+            pretrained=checkpoint,
+            runs_dir=str(tmp_path / "runs"),
+            resolution=RES,
+            epochs=1,
+            batch_size=2,
+            options=FAST,
+            return_state=True,
+        )
+    finally:
+        logging.getLogger("prefect.flow_runs").removeHandler(flow_logs)
     assert state.is_completed()
     summary = state.result()
     assert summary["task"] == "semantics" and summary["init"] == "pretrained"
@@ -240,13 +280,26 @@ def test_finetune_flow_from_a_checkpoint_reports_semantics(
 
     markdown = run_artifact(state, "markdown").data
     assert markdown.startswith("# NeRF-MAE fine-tuning: semantics")
-    assert f"| val mIoU | {summary['val_miou']:.4g} |" in markdown
-    assert f"| val allAcc | {summary['val_allacc']:.4g} |" in markdown
-    assert "| init | pretrained |" in markdown and summary["transfer"]["summary"] in markdown
+    assert f"| val mIoU (%) | {100 * summary['val_miou']:.4g} |" in markdown
+    assert f"| val allAcc (%) | {100 * summary['val_allacc']:.4g} |" in markdown
+    transfer = summary["transfer"]
+    assert "| init | pretrained |" in markdown
+    row = (
+        f"| transfer | {transfer['loaded']} tensors from step {transfer['pretrain_step']}; "
+        f"{len(transfer['fresh'])} fresh, {len(transfer['dropped'])} dropped |"
+    )
+    assert row in markdown
     for name, iou in summary["val_per_class_iou"].items():
-        assert f"| {name} | {iou:.4g} |" in markdown
-    assert Path(summary["labels_png"]).parent.as_uri() in markdown
+        assert f"| {name} | {100 * iou:.4g} |" in markdown
+    assert "Validation scenes (1): `room_2`" in markdown
+    assert "](data:image/png;base64," in markdown and "file:" not in markdown
     assert f"- checkpoint: `{summary['checkpoint']}`" in markdown
+    # one short line, not the summary with the transfer report's tensor names
+    (done,) = [line for line in flow_logs.lines if " done: " in line]
+    assert done == (
+        f"semantics fine-tuning (pretrained) done: val mIoU {100 * summary['val_miou']:.4g} %; "
+        f"train loss {summary['train_loss']:.4g}; run folder {summary['run_dir']}"
+    )
 
 
 def test_unlabelled_store_and_bad_init_fail_before_training(prefect_api, checkpoint, tmp_path):
@@ -262,15 +315,17 @@ def test_unlabelled_store_and_bad_init_fail_before_training(prefect_api, checkpo
             RadianceGrid(rgba=rgba, bbox_min=np.zeros(3), bbox_max=np.full(3, 0.7),
                          voxel_size=0.1, delta=0.1),
         )  # fmt: skip
-    run = {"store": url, "epochs": 1, "batch_size": 1, "options": {**FAST, "val_scenes": ["b"]}}
+    # dated run folders: each failed run removes its own, as nothing was written into it
+    runs = tmp_path / "runs"
+    run = {"store": url, "epochs": 1, "batch_size": 1, "options": {**FAST, "val_scenes": ["b"]},
+           "runs_dir": str(runs)}  # fmt: skip
     with pytest.raises(ValueError, match=r"have no semantic labels"):
-        finetune_nerfmae(**run, pretrained=checkpoint, out_dir=str(tmp_path / "unlabelled"))
-    assert not (tmp_path / "unlabelled" / "checkpoints").exists()
-
+        finetune_nerfmae(**run, pretrained=checkpoint)
     with pytest.raises(ValueError, match="exactly one of a pretraining checkpoint and scratch"):
-        finetune_nerfmae(**run, pretrained=checkpoint, scratch=True, out_dir=str(tmp_path / "x"))
-    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
-        finetune_nerfmae(**run, pretrained=str(tmp_path / "none.pt"), out_dir=str(tmp_path / "y"))
+        finetune_nerfmae(**run, pretrained=checkpoint, scratch=True)
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):  # prefect.yaml's default
+        finetune_nerfmae(**run, pretrained="runs/pretrain-mae/RUN/checkpoints/latest.pt")
+    assert runs.is_dir() and not any(runs.iterdir())
 
 
 def test_finetune_flow_detects_boxes_and_reports_ap(
@@ -300,11 +355,11 @@ def test_finetune_flow_detects_boxes_and_reports_ap(
 
     markdown = run_artifact(state, "markdown").data
     assert markdown.startswith("# NeRF-MAE fine-tuning: detect")
-    assert f"| val AP50 | {summary['val_ap50']:.4g} |" in markdown
-    assert f"| val AP25 | {summary['val_ap25']:.4g} |" in markdown
-    assert f"| val recall50@1000 | {summary['val_recall50@1000']:.4g} |" in markdown
+    assert f"| val AP50 (%) | {100 * summary['val_ap50']:.4g} |" in markdown
+    assert f"| val AP25 (%) | {100 * summary['val_ap25']:.4g} |" in markdown
+    assert f"| val recall50@1000 (%) | {100 * summary['val_recall50@1000']:.4g} |" in markdown
     assert "| FPN channels | 16 |" in markdown and "mIoU" not in markdown
-    assert Path(summary["boxes_png"]).parent.as_uri() in markdown
+    assert "![boxes](data:image/png;base64," in markdown and "file:" not in markdown
 
     with pytest.raises(ValueError, match="only the detect task has an FPN"):
         finetune_nerfmae(store=labelled_store, scratch=True, fpn_channels=16,
@@ -335,4 +390,5 @@ def test_finetune_flow_runs_torchrun_for_several_processes(
     assert summary["world_size"] == 2 and summary["steps"] == 1
     assert summary["init"] == "pretrained" and 0.0 <= summary["val_miou"] <= 1.0
     assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == summary
-    assert f"| val mIoU | {summary['val_miou']:.4g} |" in run_artifact(state, "markdown").data
+    markdown = run_artifact(state, "markdown").data
+    assert f"| val mIoU (%) | {100 * summary['val_miou']:.4g} |" in markdown

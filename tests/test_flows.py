@@ -495,7 +495,8 @@ def test_pipeline_flow_synthesizes_builds_and_pretrains(prefect_api, tmp_path):
     assert Path(mae["recon_png"]).is_file()
     assert Path(mae["run_dir"]).parent == (tmp_path / "work" / "mae")
     markdown = Artifact.get(PRETRAIN_ARTIFACT_KEY).data
-    assert Path(mae["recon_png"]).parent.as_uri() in markdown
+    assert f"- validation pictures: `{Path(mae['recon_png']).parent}`" in markdown
+    assert "![recon](data:image/png;base64," in markdown and "file:" not in markdown
     assert f"{mae['val_psnr']:.4g}" in markdown
 
 
@@ -617,7 +618,7 @@ def test_pretrain_flow_runs_torchrun_for_several_processes(prefect_api, scene_ro
     assert json.loads((tmp_path / "mae" / "metrics.json").read_text()) == summary
     art = run_artifact(state, "markdown")
     assert "| val PSNR (dB) |" in art.data
-    assert Path(summary["recon_png"]).parent.as_uri() in art.data
+    assert "![recon](data:image/png;base64," in art.data and "file:" not in art.data
 
 
 @pytest.mark.slow

@@ -42,6 +42,34 @@ TINY_NERF = {
 }
 
 
+def test_readme_names_and_runs_every_deployment_as_flow_slash_deployment():
+    """`prefect deployment run` takes FLOW/DEPLOYMENT: a README naming a deployment by its
+    own name twice, or leaving one out, sends users to "not found"."""
+    import importlib
+    import inspect
+    import shlex
+
+    import yaml
+
+    flows = {}
+    for deployment in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]:
+        path, function = deployment["entrypoint"].split(":")
+        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+        flow = getattr(module, function)
+        flows[f"{flow.name}/{deployment['name']}"] = flow
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Orchestration with Prefect\n")[1].split("\n## ")[0]
+    assert set(re.findall(r"^\| `([\w-]+/[\w-]+)` \|", section, flags=re.M)) == set(flows)
+    commands = [shlex.split(line, comments=True)
+                for line in section.replace("\\\n", " ").splitlines()
+                if line.startswith("prefect deployment run ")]  # fmt: skip
+    assert sorted(c[3] for c in commands) == sorted(flows)
+    for command in commands:
+        names = [arg.split("=")[0] for arg in command[5::2]]
+        assert command[4::2] == ["--param"] * len(names), command
+        assert set(names) <= set(inspect.signature(flows[command[3]].fn).parameters), command
+
+
 @pytest.mark.slow
 def test_deployment_runs_through_a_process_worker(tmp_path):
     import httpx

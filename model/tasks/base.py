@@ -262,10 +262,18 @@ class DenseTask(EncoderTask):
 
     @classmethod
     def report_rows(cls, summary: dict[str, Any]) -> list[tuple[str, Any]]:
-        transfer = summary.get("transfer") or {}
+        transfer = summary.get("transfer")
+        carried = "none (from scratch)"
+        if transfer:  # counts only: a report's cell stays one line (the names: RUN/config.json)
+            start = (f"step {transfer['pretrain_step']}" if transfer["pretrain_step"] is not None
+                     else f"epoch {transfer['pretrain_epoch']}")  # fmt: skip
+            carried = (
+                f"{transfer['loaded']} tensors from {start}; "
+                f"{len(transfer['fresh'])} fresh, {len(transfer['dropped'])} dropped"
+            )
         return [
             ("init", summary.get("init")),
-            ("transfer", transfer.get("summary", "none (from scratch)")),
+            ("transfer", carried),
             ("train loss", summary.get("train_loss")),
             ("val loss", summary.get("val_loss")),
             *cls.task_rows(summary),
