@@ -9,7 +9,10 @@ The only ``grid_store`` module that imports torch. A sample is::
 
 Grids are zero-padded at the high end of each axis (NeRF-MAE's ``pad_tensor``), and
 ``valid`` marks the real region. An axis longer than ``S`` is cropped to an ``S`` window
-(from 0 with ``crop="pad"``, at a random offset with ``crop="random"``); the window is
+(from 0 with ``crop="pad"``, at a random offset with ``crop="random"``); with
+``whole=True`` nothing is cropped and every sample is padded to the dataset's
+:attr:`~GridDataset.sample_shape`, each axis the longest of ``S`` and its scenes' (whole
+rooms for windowed validation, :mod:`model.inference.windows`). The window is
 sliced out of the zarr array, so only the ``(4, 32, 32, 32)`` chunks it touches are
 read and decompressed. Augmentation is NeRF-MAE's ``augment_rpn_inputs``: with
 probability 0.5 each, a 90-degree rotation about z (swap x and y, then flip x), a flip
@@ -204,6 +207,8 @@ class GridDataset(Dataset):
         scene_ids: scenes to serve, in this order; ``None`` = every complete scene.
         size: the cube edge ``S`` of each sample (NeRF-MAE: 160).
         crop: ``"pad"`` crops oversized axes from index 0; ``"random"`` at a random offset.
+        whole: crop nothing: samples are whole grids padded to :attr:`sample_shape`
+            (no augmentation).
         augment: apply NeRF-MAE's random z-rotation and x/y flips.
         seed: base seed of the crop offsets and augmentations.
         storage_options: fsspec options for the store (S3 endpoint, credentials).
@@ -223,6 +228,7 @@ class GridDataset(Dataset):
         seed: int = 0,
         storage_options: dict | None = None,
         alpha_step: float | None = None,
+        whole: bool = False,
     ):
         if crop not in CROP_MODES:
             raise ValueError(f"crop must be one of {CROP_MODES}, got {crop!r}")
@@ -233,6 +239,10 @@ class GridDataset(Dataset):
         self.size = int(size)
         self.crop = crop
         self.augment = bool(augment)
+        self.whole = bool(whole)
+        if self.whole and self.augment:
+            raise ValueError("whole-grid samples are not augmented (augment=False)")
+        self._sample_shape: tuple[int, int, int] | None = None
         self.seed = int(seed)
         if alpha_step is not None and not alpha_step > 0:
             raise ValueError(f"alpha_step must be > 0 or None, got {alpha_step!r}")
@@ -307,9 +317,29 @@ class GridDataset(Dataset):
     def __len__(self) -> int:
         return len(self.scene_ids)
 
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """The ``(X, Y, Z)`` every sample is padded to: ``(S, S, S)``, or with ``whole`` the
+        longest of ``S`` and the scenes' grids per axis (read from the arrays' metadata)."""
+        if self._sample_shape is None:
+            shape = [self.size] * 3
+            if self.whole:
+                for scene_id in self.scene_ids:
+                    grid = self._scene(scene_id)[0].shape[1:]
+                    shape = [max(a, int(b)) for a, b in zip(shape, grid, strict=True)]
+            self._sample_shape = (shape[0], shape[1], shape[2])
+        return self._sample_shape
+
+    def oversized(self) -> dict[str, tuple[int, int, int]]:
+        """The scenes whose grid exceeds the ``S`` cube on some axis, with their shapes."""
+        shapes = {s: tuple(int(n) for n in self._scene(s)[0].shape[1:]) for s in self.scene_ids}
+        return {s: shape for s, shape in shapes.items() if max(shape) > self.size}  # type: ignore[misc]
+
     # ------------------------------------------------------------------- sampling
     def _window(self, shape: Sequence[int], rng: np.random.Generator) -> tuple[slice, slice, slice]:
         """The ``S``-or-smaller window of each stored axis this sample reads."""
+        if self.whole:
+            return tuple(slice(0, n) for n in shape)  # type: ignore[return-value]
         window = []
         for n in shape:
             span = min(n, self.size)
@@ -333,14 +363,14 @@ class GridDataset(Dataset):
         return volume.flip(dims) if dims else volume
 
     def _padded(self, volume: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """``(C, x, y, z)`` (any strides) -> ``(C, S, S, S)`` of ``dtype``, zeros at the high end.
+        """``(C, x, y, z)`` (any strides) -> ``(C, *sample_shape)`` of ``dtype``, zeros at the
+        high end.
 
         One pass: torch casts (vectorised, threaded) and de-strides straight into the
         output; only the padding slabs are zeroed, not the whole cube.
         """
-        S = self.size
         c, x, y, z = volume.shape
-        out = torch.empty((c, S, S, S), dtype=dtype)
+        out = torch.empty((c, *self.sample_shape), dtype=dtype)
         out[:, :x, :y, :z].copy_(volume)
         _zero_outside(out, (x, y, z))
         return out
@@ -355,10 +385,10 @@ class GridDataset(Dataset):
         to receive those tensors without a copy. Inside a worker they are allocated in
         shared memory, so handing them to the main process copies nothing either.
         """
-        B, S = len(indices), self.size
+        B, shape = len(indices), self.sample_shape
         in_worker = get_worker_info() is not None
-        rgba = _zeros((B, 4, S, S, S), torch.float32, shared=in_worker)
-        valid = _zeros((B, S, S, S), torch.bool, shared=in_worker)
+        rgba = _zeros((B, 4, *shape), torch.float32, shared=in_worker)
+        valid = _zeros((B, *shape), torch.bool, shared=in_worker)
         samples = [self._sample_into(index, rgba[b], valid[b]) for b, index in enumerate(indices)]
         for sample in samples:  # marks the slices for collate_grids (in this process only)
             sample["rgba"]._grid_batch, sample["valid"]._grid_batch = rgba, valid
@@ -394,7 +424,7 @@ class GridDataset(Dataset):
         if semantic_array is not None:
             semantic = torch.from_numpy(semantic_array[window][None])  # (1, x, y, z) uint8
             semantic = self._augmented(semantic, rotate, flip_x, flip_y)
-            sample["semantic"] = self._padded(semantic, torch.uint8)[0]  # (S, S, S)
+            sample["semantic"] = self._padded(semantic, torch.uint8)[0]  # (X, Y, Z)
         if boxes is not None:
             sample["boxes"], sample["box_labels"] = window_boxes(
                 *boxes, window, rotate, flip_x, flip_y

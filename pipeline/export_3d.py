@@ -11,9 +11,11 @@ of :mod:`model.pictures.boxes`.
 
     {"scene_id": "room_0", "units": "world",
      "box_format": ["cx", "cy", "cz", "w", "l", "h", "yaw"],
-     "detections": [{"box": [7 floats], "score": 0.93, "label": 3}, ...]}
+     "detections": [{"box": [7 floats], "score": 0.93, "label": 3, "class": "chair"}, ...]}
 
-``label`` may be null (a class-agnostic detector) or left out.
+``label`` (the box class: an index into the store's ``semantic_classes`` for the synthetic
+rooms) may be null (a class-agnostic detector) or left out; ``class`` is its name where the
+detector's run recorded class names.
 
 Open3D is imported inside the functions that write PLY files, so reading and writing
 ``boxes.json`` does not load it.
@@ -283,6 +285,7 @@ def write_boxes_json(
     boxes: np.ndarray,
     scores: np.ndarray,
     labels: Any = None,
+    class_names: Any = None,
 ) -> Path:
     """Write detections as a ``boxes.json``; returns the path (its folder is created).
 
@@ -291,6 +294,7 @@ def write_boxes_json(
         boxes: ``(N, 7)`` in world units.
         scores: ``(N,)`` finite.
         labels: None, or N integers (None entries allowed).
+        class_names: names by label: each labelled detection also gets ``"class"``.
     """
     if not isinstance(scene_id, str) or not scene_id:
         raise ValueError(f"scene_id: must be a non-empty string, got {scene_id!r}")
@@ -317,10 +321,12 @@ def write_boxes_json(
         "units": BOXES_JSON_UNITS,
         "box_format": list(BOX_FIELDS),
         "detections": [
-            {"box": [float(v) for v in box], "score": float(score), "label": label}
+            {"box": [float(v) for v in box], "score": float(score), "label": label,
+             **({"class": str(class_names[label])} if class_names is not None
+                and label is not None and 0 <= label < len(class_names) else {})}
             for box, score, label in zip(b, s, labs, strict=True)
         ],
-    }
+    }  # fmt: skip
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1) + "\n")

@@ -70,6 +70,9 @@ class Checkpoint:
     """The opacity convention the network was trained on (see
     :attr:`model.training.config.TrainingConfig.alpha_step`): grids meet it re-expressed
     for this step; ``None``: as stored."""
+    class_names: list[str] | None = None
+    """Names of the network's classes, by index (semantic labels, box classes), where the
+    run recorded them."""
     step: int | None = None
     epoch: int | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -128,6 +131,7 @@ def _ours(path: str, content: dict[str, Any]) -> Checkpoint:
     network = {key: saved.pop(key) for key in ("network", "num_classes", "scale")
                if key in saved}  # fmt: skip
     alpha_step = saved.pop("alpha_step", None)
+    class_names = saved.pop("class_names", None)
     state = content["model"]
     task = content.get("task", "pretrain")
     if task == "semantics" and "num_classes" not in network and "head.weight" in state:
@@ -136,5 +140,5 @@ def _ours(path: str, content: dict[str, Any]) -> Checkpoint:
         detector = {"scale_offsets": False, **detector}  # recorded since the field exists
     position = content.get("position") or {}
     return Checkpoint(path, OURS, task, state, saved, detector, network, alpha_step,
-                      step=position.get("step"), epoch=position.get("epoch"),
-                      raw=content)  # fmt: skip
+                      class_names=class_names, step=position.get("step"),
+                      epoch=position.get("epoch"), raw=content)  # fmt: skip

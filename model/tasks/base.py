@@ -37,6 +37,7 @@ from grid_store import GridStore
 from grid_store.dataset import GridDataset
 from model.checkpoints.reading import read_checkpoint
 from model.checkpoints.transfer import CARRIED_PREFIXES, load_pretrained
+from model.inference.windows import overlap_voxels
 from model.networks.mae import MAEConfig
 from model.networks.presets import get_config, list_presets
 from model.training.config import TrainingConfig, json_ready, rank_by_hash
@@ -82,6 +83,10 @@ class FinetuneConfig(TrainingConfig):
     frozen_warmup: float = 0.0
     """Share of the optimiser steps during which the carried weights stay frozen while the
     new parts learn to read them; then they train at ``carried_lr_scale x`` the schedule."""
+    window_overlap: float = 0.5
+    """Validation of a grid larger than the model's cube (and ``nerfmae detect`` /
+    ``evaluate`` of it) reads the whole room through cubes overlapping by this share of
+    their edge, outputs stitched and boxes merged (:mod:`model.inference.windows`)."""
     preset: str = "swin_s"
     epochs: int = 1000
     batch_size: int = 8
@@ -98,6 +103,8 @@ class FinetuneConfig(TrainingConfig):
             self.fail("carried_lr_scale", "must be > 0")
         if not 0.0 <= self.frozen_warmup < 1.0:
             self.fail("frozen_warmup", "must be in [0, 1)")
+        if not 0.0 <= self.window_overlap < 1.0:
+            self.fail("window_overlap", "must be in [0, 1)")
 
 
 def encoder_config(config: TrainingConfig) -> MAEConfig:
@@ -194,9 +201,32 @@ class DenseTask(EncoderTask):
         self.labelled_scenes = labelled_subset(train_scenes, c.train_scenes, c.label_fraction)
         train = GridDataset(c.store_url, self.labelled_scenes, size=self.input_size, crop=c.crop,
                             augment=c.augment, seed=c.seed, alpha_step=self.alpha_step)  # fmt: skip
-        val = (GridDataset(c.store_url, val_scenes, size=self.input_size,
+        val = (GridDataset(c.store_url, val_scenes, size=self.input_size, whole=True,
                            alpha_step=self.alpha_step) if val_scenes else None)  # fmt: skip
+        self.report_oversized(train, val)
         return train, val
+
+    def report_oversized(self, train: GridDataset, val: GridDataset | None) -> None:
+        """Say once how grids larger than the model's cube are read."""
+        s = self.input_size
+        big = train.oversized()
+        if big:
+            scene, shape = max(big.items(), key=lambda item: max(item[1]))
+            how = ("a random cube each epoch" if self.config.crop == "random"
+                   else "the cube at index 0 (crop pad)")  # fmt: skip
+            logger.info("%d of %d training grids exceed the model's %d^3 cube (largest %s, "
+                        "scene %s): training reads %s", len(big), len(train), s,
+                        "x".join(map(str, shape)), scene, how)  # fmt: skip
+        if val is not None and val.oversized():
+            logger.info("validation grids up to %s exceed the %d^3 cube: each is read whole "
+                        "through %d^3 windows overlapping by %d voxels (window_overlap %g)",
+                        "x".join(map(str, val.sample_shape)), s, s, self.overlap_voxels,
+                        self.config.window_overlap)  # fmt: skip
+
+    @property
+    def overlap_voxels(self) -> int:
+        """The overlap of validation windows, in voxels of the model's cube."""
+        return overlap_voxels(self.input_size, self.config.window_overlap)
 
     @abstractmethod
     def make_network(self) -> nn.Module:

@@ -11,11 +11,13 @@ scaling (+-10 degrees, x0.9-1.1, probability 0.5, :mod:`model.detection.augment`
 Detection is class-agnostic (objectness only) by default, as NeRF-RPN's. With
 ``num_classes`` K the head has a logit per class and learns the stored ``box_labels``
 (``0 .. K-1``; the synthetic rooms' are indices into their ``semantic_classes``), and
-validation adds per-class AP. Validation reports AP25/AP50 (VOC all-point, all scenes
-ranked together, class-agnostic), recalls at the top 300/1000/2500 and the loss terms, and
-draws the first validation grid's bird's-eye view and slices with true and predicted boxes
-(``RUN/boxes/``, also in TensorBoard).
-"""
+validation adds per-class AP. Validation covers whole rooms: a grid larger than the model's
+cube is read through overlapping cubes whose detections are merged
+(:mod:`model.detection.windowed`), so every stored box is counted. Validation reports
+AP25/AP50 (VOC all-point, all scenes ranked together, class-agnostic), recalls at the top
+300/1000/2500 and the loss terms, and draws the first validation grid's bird's-eye view and
+slices with true and predicted boxes and their classes (``RUN/boxes/``, also in
+TensorBoard)."""
 
 from __future__ import annotations
 
@@ -29,11 +31,14 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from grid_store.dataset import real_extent
 from model.checkpoints.transfer import ENCODER_ONLY
 from model.detection.augment import random_rotate_scale
 from model.detection.inference import detect
 from model.detection.losses import LOSS_TERMS, fcos_losses
 from model.detection.targets import LevelLayout, assign_targets, level_layout
+from model.detection.windowed import detect_in_windows
+from model.inference.windows import needs_windows
 from model.metrics.detection import DetectionEvaluator
 from model.networks.detector import UNBOUNDED, Detector, DetectorConfig
 from model.pictures.boxes import save_box_views
@@ -167,7 +172,8 @@ class DetectionTask(DenseTask):
 
     def model_config(self) -> dict[str, Any]:
         return json_ready({**super().model_config(),
-                           "detector": dataclasses.asdict(self.detector_config)})  # fmt: skip
+                           "detector": dataclasses.asdict(self.detector_config),
+                           "class_names": self.class_names})  # fmt: skip
 
     def step_generators(self) -> dict[str, torch.Generator]:
         # not shared per step: every micro-batch of a step draws its own rotations and scales
@@ -214,17 +220,32 @@ class DetectionTask(DenseTask):
 
     # ---------------------------------------------------------------- validation
     def predict(self, model, batch, device, amp_dtype):
-        rgba = batch["rgba"].to(device)  # (B, 4, S, S, S)
-        valid = batch["valid"].to(device)  # (B, S, S, S)
+        rgba = batch["rgba"].to(device)  # (B, 4, X, Y, Z): S^3, or whole rooms
+        valid = batch["valid"].to(device)  # (B, X, Y, Z)
         boxes = [b.to(device) for b in batch["boxes"]]
-        with autocast(device, amp_dtype):
-            output = model(rgba)
         labels = self._labels(batch)
-        layout, targets, terms = self.scored(model, output, boxes, valid, labels, device)
-        detections = detect(output, layout, targets.location_valid, self.detector_config)
+
+        def run(grids, grid_valid, grid_boxes, grid_labels):
+            with autocast(device, amp_dtype):
+                output = model(grids)
+            layout, targets, terms = self.scored(model, output, grid_boxes, grid_valid,
+                                                 grid_labels, device)  # fmt: skip
+            found = detect(output, layout, targets.location_valid, self.detector_config)
+            return found, {t: terms[t].detach() for t in LOSS_TERMS}
+
+        if needs_windows(rgba.shape[-3:], self.input_size):
+            c = self.detector_config
+            rooms = [detect_in_windows(run, rgba[b], valid[b], real_extent(valid[b]).tolist(),
+                                       self.input_size, self.overlap_voxels, c.nms_thresh,
+                                       c.post_nms_top_n, boxes[b],
+                                       labels[b].to(device) if labels else None)
+                     for b in range(len(rgba))]  # fmt: skip
+            detections = [found for found, _ in rooms]
+            losses = {t: torch.stack([terms[t] for _, terms in rooms]).mean() for t in LOSS_TERMS}
+        else:
+            detections, losses = run(rgba, valid, boxes, labels)
         return {"rgba": rgba, "valid": valid, "boxes": boxes, "labels": labels,
-                "detections": detections,
-                "losses": {t: terms[t].detach() for t in LOSS_TERMS}}  # fmt: skip
+                "detections": detections, "losses": losses}  # fmt: skip
 
     def metric(self) -> BatchMetric:
         return BatchMetric(DetectionEvaluator(classes=self.class_names), _feed_evaluator)

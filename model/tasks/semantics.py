@@ -5,7 +5,9 @@ classes, 0 = void. The loss is cross-entropy weighted per class with weights com
 the labelled training scenes' label counts (:func:`model.metrics.semantic.class_weights`;
 the reference's weight files were never published) and saved with the run; void voxels and
 the padding (stored as void) are ignored outright, where the reference only down-weights
-them. Validation reports mIoU, mAcc and allAcc over the classes present, per-class IoU and
+them. Validation covers whole rooms: a grid larger than the model's cube is labelled through
+overlapping cubes whose logits are averaged (:func:`model.inference.windows.stitch_dense`).
+Validation reports mIoU, mAcc and allAcc over the classes present, per-class IoU and
 accuracy, and draws true against predicted label slices (``RUN/labels/``).
 """
 
@@ -21,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from grid_store.dataset import real_extent
+from model.inference.windows import needs_windows, stitch_dense
 from model.metrics.semantic import VOID, SemanticMetrics, class_weights, label_counts
 from model.networks.skip_net import build_semantic_net
 from model.pictures.dense import save_label_slices
@@ -142,7 +146,8 @@ class SemanticsTask(DenseTask):
         return build_semantic_net(self.mae_config, self.num_classes)
 
     def model_config(self) -> dict[str, Any]:
-        return {**super().model_config(), "num_classes": self.num_classes}
+        return {**super().model_config(), "num_classes": self.num_classes,
+                "class_names": self.class_names}
 
     def losses(self, model, batch, device):
         logits = model(batch["rgba"].to(device, non_blocking=True))  # (B, K, S, S, S)
@@ -150,10 +155,22 @@ class SemanticsTask(DenseTask):
         return {"loss": weighted_cross_entropy(logits, target, self.weights.to(device))}
 
     def predict(self, model, batch, device, amp_dtype):
-        rgba = batch["rgba"].to(device)  # (B, 4, S, S, S)
-        target = batch["semantic"].to(device).long()  # (B, S, S, S)
-        with autocast(device, amp_dtype):
-            logits = model(rgba).float()  # (B, K, S, S, S)
+        rgba = batch["rgba"].to(device)  # (B, 4, X, Y, Z): S^3, or whole rooms
+        target = batch["semantic"].to(device).long()  # (B, X, Y, Z)
+
+        def run(grids: torch.Tensor) -> torch.Tensor:  # (n, 4, S, S, S) -> (n, K, S, S, S)
+            with autocast(device, amp_dtype):
+                return model(grids).float()
+
+        if needs_windows(rgba.shape[-3:], self.input_size):
+            valid = batch["valid"].to(device)
+            logits = torch.stack([
+                stitch_dense(run, rgba[b], real_extent(valid[b]).tolist(), self.input_size,
+                             self.overlap_voxels)
+                for b in range(len(rgba))
+            ])  # fmt: skip
+        else:
+            logits = run(rgba)  # (B, K, S, S, S)
         loss = weighted_cross_entropy(logits, target, self.weights.to(device))
         return {"logits": logits, "target": target, "valid": batch["valid"].to(device),
                 "losses": {"loss": loss}}  # fmt: skip

@@ -151,7 +151,26 @@ class SuperResolutionTask(DenseTask):
         c = self.config
         self.labelled_scenes = labelled_subset(train_scenes, c.train_scenes, c.label_fraction)
         train = self._paired(self.labelled_scenes, c.augment)
-        return train, (self._paired(val_scenes, False) if val_scenes else None)
+        val = self._paired(val_scenes, False) if val_scenes else None
+        self.refuse_oversized([train.inputs, *((val.inputs,) if val else ())])
+        return train, val
+
+    def refuse_oversized(self, datasets: list[GridDataset]) -> None:
+        """Input grids larger than the cube would be cut to its corner (and their targets
+        with them): refused, naming a resolution that holds them."""
+        big = {scene: shape for d in datasets for scene, shape in d.oversized().items()}
+        if not big:
+            return
+        scene, shape = max(big.items(), key=lambda item: max(item[1]))
+        c = self.mae_config
+        stride = c.patch_size * 2 ** (len(c.depths) - 1)
+        fits = math.ceil(max(shape) / stride) * stride
+        raise ValueError(
+            f"{self.config.store_url}: {len(big)} scenes' grids exceed the {self.input_size}^3 "
+            f"cube (largest {'x'.join(map(str, shape))}, scene {scene!r}); super-resolution "
+            f"reads each grid as one cube: pass --resolution {fits} (or more), or store "
+            "smaller grids"
+        )
 
     def extra_sample_bytes(self) -> int:
         return 4 * 4 * self.target_size**3 + self.target_size**3  # the target grid and its valid

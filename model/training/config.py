@@ -79,8 +79,10 @@ class TrainingConfig:
     units, ``alpha' = 1 - (1 - alpha) ** (alpha_step / delta)`` with the grid's recorded
     ``delta`` (``None``: as stored; fine-tuning then takes the pretraining checkpoint's, 0.01
     for NeRF-MAE's published weights, which saw instant-ngp's alpha for a 0.01 step)."""
-    crop: Literal["pad", "random"] = "pad"
-    """How oversized training grids are cut to ``S``: ``pad`` (from index 0) or ``random``."""
+    crop: Literal["pad", "random"] = "random"
+    """How training grids larger than ``S`` are cut to ``S``: ``random`` (a cube at a random
+    offset each epoch) or ``pad`` (always the cube at index 0). Grids that fit are padded
+    alike by both."""
     augment: bool = True
     """Reference pretraining augmentation: random 90-degree z-rotation and x/y flips."""
     num_workers: int = 2

@@ -213,11 +213,16 @@ class Trainer:
         rng = self.ctx.all_gather_objects(capture_rng_state(self.generators))
         if not self.ctx.is_main:
             return None
-        return make_checkpoint(
+        checkpoint = make_checkpoint(
             unwrap(self.model), self.optimizer, self.scheduler, self.position, rng,
             task=self.task.name, config=self.config.as_json(), model_config=self.model_config,
             metrics=json_ready({**metrics, "steps_per_epoch": self.steps_per_epoch}),
         )  # fmt: skip
+        # the resolved split travels with the weights: a checkpoint is scored on the scenes
+        # its run held out unless told otherwise (`nerfmae evaluate`)
+        checkpoint["split"] = {"train_scenes": list(self.train_scenes),
+                               "val_scenes": list(self.val_scenes)}  # fmt: skip
+        return checkpoint
 
     def _save(self, metrics: dict[str, Any]) -> Path | None:
         checkpoint = self._checkpoint(metrics)

@@ -9,3 +9,11 @@ def add_network_flags(parser) -> None:
                         help="re-express grids' alpha for this step (world units) first "
                              "(default: the checkpoint's convention; 0.01 for published "
                              "files)")  # fmt: skip
+
+
+def add_window_flag(parser) -> None:
+    """``--window-overlap`` of a command that runs a detector over whole scenes."""
+    parser.add_argument("--window-overlap", type=float,
+                        help="scenes larger than the network's cube are read through cubes "
+                             "overlapping by this share of their edge (default: the run's "
+                             "window_overlap, 0.5)")  # fmt: skip
