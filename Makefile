@@ -33,4 +33,4 @@ lint: setup
 	$(PY) -m ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache data
+	rm -rf $(VENV) .pytest_cache .ruff_cache data tour

@@ -92,6 +92,8 @@ class FinetuneConfig(TrainingConfig):
     batch_size: int = 8
     lr: float = 3e-4
     augment: bool = False
+    """Augment the training grids as the reference's fine-tuning can: random 90-degree
+    rotations about z and x/y flips (labels and boxes move with the voxels)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

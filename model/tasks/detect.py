@@ -71,9 +71,14 @@ class DetectConfig(FinetuneConfig):
         "scale_size_ranges",
     )  # fmt: skip
 
+    augment: bool = False
+    """Augment the training grids: random 90-degree rotations about z and x/y flips, then
+    NeRF-RPN's small rotation about z (+-10 degrees) and scaling (x0.9-1.1), each with
+    probability 0.5; the boxes move with the voxels."""
     num_classes: int | None = None
-    """Box classes the head learns (``box_labels`` ``0 .. K-1``, per-class AP); ``None``:
-    class-agnostic objectness, NeRF-RPN's."""
+    """Box classes the head learns (the stored ``box_labels``, ``0 .. K-1``; per-class AP);
+    ``None``: class-agnostic objectness, NeRF-RPN's. Box labels are indices into the store's
+    ``semantic_classes`` (void included), so for the synthetic rooms K is 11."""
     detector_overrides: dict[str, Any] = field(default_factory=dict)
     """Overrides of :class:`model.networks.detector.DetectorConfig` fields (e.g.
     ``{"channels": 64}`` for CPU runs; the reference's FPN has 256)."""
@@ -154,10 +159,14 @@ class DetectionTask(DenseTask):
         for scene in scene_ids:
             labels = self.store.scene_zarr_arrays(scene)["box_labels"][...]
             if labels.size and (labels.min() < 0 or labels.max() >= k):
+                named = self.store.scene_attrs(scene).get("semantic_classes")
+                hint = (f"; its boxes are labelled with the store's {len(named)} "
+                        f"semantic_classes: pass --num-classes {len(named)}" if named else "")
                 raise ValueError(
                     f"{self.store.url}: scene {scene!r} box_labels span "
-                    f"[{labels.min()}, {labels.max()}], outside the {k} classes (num_classes)"
-                )
+                    f"[{labels.min()}, {labels.max()}], outside the {k} classes of "
+                    f"--num-classes{hint}"
+                )  # fmt: skip
         names = {tuple(self.store.scene_attrs(s).get("semantic_classes") or ()) for s in scene_ids}
         self.class_names = list(names.pop()) if len(names) == 1 else None
         if self.class_names is None or len(self.class_names) != k:
@@ -253,8 +262,11 @@ class DetectionTask(DenseTask):
     def draw(self, path: Path, batch: Batch, prediction: dict, title: str) -> Path:
         p = prediction
         found = p["detections"][0]
+        classes = self.class_names if p["labels"] else None
         return save_box_views(path, p["rgba"][0], p["valid"][0], p["boxes"][0], found.boxes,
-                              found.scores, title=title)  # fmt: skip
+                              found.scores, title=title, class_names=classes,
+                              gt_labels=p["labels"][0] if classes else None,
+                              labels=found.labels if classes else None)  # fmt: skip
 
     def run_info(self) -> dict[str, Any]:
         info = super().run_info()

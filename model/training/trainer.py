@@ -10,7 +10,6 @@ schedule, gradient accumulation and clipping, bf16 autocast on CUDA, DDP under
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -60,7 +59,7 @@ from model.training.steps import (
     optimizer_step,
     resolve_amp_dtype,
 )
-from model.training.task import Batch, Task
+from model.training.task import Batch, Task, report_value
 from model.training.validation import LossMeans, validation_pass
 
 logger = logging.getLogger(__name__)
@@ -395,7 +394,11 @@ class Trainer:
         if ctx.is_main:
             self.folder.close()
             self.folder.write_metrics(summary)
-            logger.info("%s done: %s", task.name, json.dumps(summary, default=str))
+            # the figures, not the summary: its transfer report lists every tensor by name
+            logger.info("%s done at step %d: %s; train loss %s; summary in %s", task.name,
+                        self.position.step, task.headline(summary),
+                        report_value(summary.get("train_loss")),
+                        self.folder.metrics_path)  # fmt: skip
         ctx.barrier()
         return summary
 
