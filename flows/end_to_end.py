@@ -44,7 +44,7 @@ def nerfmae_pipeline(
     min_psnr: float | None = None,
     pretraining: dict[str, Any] | None = None,
     mae_run: str | None = None,
-    finetuning: dict[str, Any] | None = None,
+    finetuning: dict[str, Any] | list[dict[str, Any]] | None = None,
     max_parallel: int = 2,
     dask_address: str | None = None,
     local_dask_workers: int | None = None,
@@ -64,7 +64,8 @@ def nerfmae_pipeline(
         mae_run: name of the MAE run folder under ``mae/`` (default: the date and time,
             so a rerun never collides with an earlier run's checkpoints).
         finetuning: ``finetune-nerfmae`` parameters (``task``, ``preset``, ``epochs``...),
-            run from the pretraining's checkpoint into ``finetune/<the MAE run's name>``;
+            or a list of them (one run each, in order, e.g. semantics then detection), run
+            from the pretraining's checkpoint into ``finetune/<the MAE run's name>/<task>``;
             None skips it (as does a run without pretraining).
         max_parallel, dask_address, local_dask_workers: the scene fan-out's task runner.
     """
@@ -106,23 +107,25 @@ def nerfmae_pipeline(
         "work_dir": str(work),
         "scenes": reports,
         "pretrain": None,
-        "finetune": None,
+        "finetune": [],
     }
     outcome = f"scenes: {summarize(reports)}"
     if pretraining is not None:
         run_dir = work / "mae" / mae_run if mae_run else new_run_dir(work / "mae")
         summary["pretrain"] = pretrain_mae(store=store, out_dir=str(run_dir), **pretraining)
         outcome += f"; pretrained {summary['pretrain']['steps']} steps into {run_dir}"
-        if finetuning is not None:
+        runs = [finetuning] if isinstance(finetuning, dict) else list(finetuning or [])
+        for parameters in runs:
             from flows.finetune import finetune_nerfmae
 
+            task = parameters.get("task", "semantics")
             tuned = finetune_nerfmae(
                 store=store,
                 pretrained=summary["pretrain"]["checkpoint"],
-                out_dir=str(work / "finetune" / Path(run_dir).name),
-                **finetuning,
+                out_dir=str(work / "finetune" / Path(run_dir).name / task),
+                **parameters,
             )
-            summary["finetune"] = tuned
+            summary["finetune"].append(tuned)
             outcome += f"; fine-tuned {tuned['task']} for {tuned['steps']} steps"
     return Completed(message=outcome, data=summary)
 
