@@ -321,7 +321,7 @@ def test_unlabelled_store_and_bad_init_fail_before_training(prefect_api, checkpo
            "runs_dir": str(runs)}  # fmt: skip
     with pytest.raises(ValueError, match=r"have no semantic labels"):
         finetune_nerfmae(**run, pretrained=checkpoint)
-    with pytest.raises(ValueError, match="exactly one of a pretraining checkpoint and scratch"):
+    with pytest.raises(ValueError, match="exactly one of a pretraining checkpoint"):
         finetune_nerfmae(**run, pretrained=checkpoint, scratch=True)
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):  # prefect.yaml's default
         finetune_nerfmae(**run, pretrained="runs/pretrain-mae/RUN/checkpoints/latest.pt")

@@ -22,6 +22,7 @@ from model.inference.windows import core_bounds, room_windows, stitch_dense, win
 from model.networks.detector import Detector, DetectorConfig
 from model.networks.presets import get_config
 from nerfmae.cli import main as cli_main
+from pipeline.export_3d import write_boxes_json
 
 SHAPE = (48, 40, 44)
 """A room larger than the 32^3 cube on every axis."""
@@ -172,6 +173,12 @@ def test_a_box_in_the_far_corner_is_found_and_every_stored_box_counted(store, tm
     # ... and it is the window's own best detection, moved into room coordinates
     start = torch.tensor([*room_windows(SHAPE, 32, 16)[-1].start, 0, 0, 0, 0.0])
     assert torch.allclose(torch.from_numpy(found.boxes[best]), own.boxes[0] + start, atol=1e-4)
+    # boxes.json names the class of every labelled box
+    write_boxes_json(tmp_path / "boxes.json", "r1", found.world_boxes, found.scores, found.labels,
+                     detector.class_names)  # fmt: skip
+    saved = json.loads((tmp_path / "boxes.json").read_text())["detections"]
+    assert saved[best]["label"] == 8 and saved[best]["class"] == "class_h"
+    assert all(d["class"] == CLASSES[d["label"]] for d in saved)
     metrics = evaluate_detector(detector, store, ["r0", "r1"], picture_dir=tmp_path)
     assert metrics["num_gt"] == 16 and "class_h" in metrics["per_class_ap50"]
     assert (tmp_path / "r1.png").is_file()

@@ -98,7 +98,8 @@ class FinetuneConfig(TrainingConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if bool(self.pretrained) == bool(self.scratch):
-            self.fail("pretrained", "give exactly one of a pretraining checkpoint and scratch")
+            self.fail("pretrained", "give exactly one of a pretraining checkpoint (--pretrained "
+                      "CKPT) and --scratch")
         if not 0.0 < self.label_fraction <= 1.0:
             self.fail("label_fraction", "must be in (0, 1]")
         if not self.carried_lr_scale > 0:
