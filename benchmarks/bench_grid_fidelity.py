@@ -151,7 +151,8 @@ def main() -> None:
                 print_row(rows[-1])
 
     print()
-    header = f"{'seed':>4} {'mode':<15} {'IoU':>6} {'haze':>6} {'at surf':>7} {'colour':>7} "
+    header = f"{'seed':>4} {'mode':<15} {'IoU':>6} {'surf F':>6} {'haze':>6} {'at surf':>7} "
+    header += f"{'colour':>7} "
     header += f"{'miss in':>7} "
     header += f"{'render':>7} {'d absrel':>8} {'d rmse':>7} {'steps':>6} {'s':>5} "
     print(header + f"{'occ. IoU':>8} {'occ. haze':>9}")
@@ -213,7 +214,8 @@ def print_row(row: dict) -> None:
     render = row.get("render_psnr", row.get("render_psnr_quick"))
     print(
         f"{row['seed']:>4} {row['mode']:<15} {num(row['iou'], '6.3f')} "
-        f"{num(100 * row['haze'], '5.1f')}% {num(row['haze_at_surfaces'], '7.2f')} "
+        f"{num(row.get('surface_fscore'), '6.3f')} {num(100 * row['haze'], '5.1f')}% "
+        f"{num(row['haze_at_surfaces'], '7.2f')} "
         f"{num(row['colour_psnr'], '7.2f')} {num(row.get('misses_inside'), '7.2f')} "
         f"{num(render, '7.2f')} {num(row.get('depth_abs_rel'), '8.3f')} "
         f"{num(row.get('depth_rmse'), '7.3f')} {num(row.get('steps'), '6d')} "

@@ -22,6 +22,13 @@ at 30 dB), and NeRF-MAE learns from the geometry, so this compares the grids the
 - **Misses inside**: the share of the ground truth's occupied voxels that the grid misses
   (not opaque) which touch no empty voxel of the ground truth: the inside of solids, which
   no camera sees, rather than surfaces.
+- **Surface F-score at one voxel**, the measure of 3D-reconstruction benchmarks (Tanks and
+  Temples, DTU) on voxels: a *surface voxel* is an occupied voxel with a 6-neighbour that is
+  not occupied; precision is the share of the grid's surface voxels within one voxel (the
+  3x3x3 neighbourhood) of a ground-truth surface voxel, recall the share of the ground
+  truth's surface voxels within one voxel of the grid's, F their harmonic mean. Occupancy IoU
+  counts the insides of solids, which no camera sees (most of a room's occupied voxels); the
+  F-score asks only whether the surfaces are where they should be, give or take a voxel.
 """
 
 from __future__ import annotations
@@ -79,8 +86,17 @@ def grid_fidelity(grid: RadianceGrid, truth: RadianceGrid) -> dict[str, Any]:
     next_to_empty = np.zeros(grid.shape, bool)
     next_to_empty[inside] = truth_empty
     next_to_empty = _dilate(next_to_empty)
+    grid_surface = np.zeros(grid.shape, bool)
+    grid_surface[inside] = occupied
+    truth_surface = np.zeros(grid.shape, bool)
+    truth_surface[inside] = truth_occupied
+    grid_surface, truth_surface = _surface(grid_surface), _surface(truth_surface)
+    precision, recall, fscore = surface_fscore(grid_surface, truth_surface)
     return {
         "iou": float(np.count_nonzero(both) / union) if union else 1.0,
+        "surface_precision": precision,
+        "surface_recall": recall,
+        "surface_fscore": fscore,
         "haze": float(np.mean(alpha[truth_empty] > EMPTY_ALPHA)) if truth_empty.any() else 0.0,
         "haze_at_surfaces": float(next_to_truth[hazy].mean()) if hazy.any() else None,
         "misses_inside": float(1 - next_to_empty[missed].mean()) if missed.any() else None,
@@ -89,6 +105,41 @@ def grid_fidelity(grid: RadianceGrid, truth: RadianceGrid) -> dict[str, Any]:
         "truth_occupied": float(truth_occupied.mean()),
         "compared": int(inside.sum()),
     }
+
+
+def surface_fscore(
+    surface: np.ndarray, truth_surface: np.ndarray
+) -> tuple[float | None, float | None, float | None]:
+    """``(precision, recall, F)`` of two boolean surface masks on one lattice at a tolerance
+    of one voxel (the 3x3x3 neighbourhood); ``None`` where a side has no surface voxel."""
+    near_truth = _dilate_cube(truth_surface)
+    near_grid = _dilate_cube(surface)
+    precision = float(near_truth[surface].mean()) if surface.any() else None
+    recall = float(near_grid[truth_surface].mean()) if truth_surface.any() else None
+    if precision is None or recall is None:
+        return precision, recall, None
+    total = precision + recall
+    return precision, recall, (2 * precision * recall / total if total else 0.0)
+
+
+def _surface(occupied: np.ndarray) -> np.ndarray:
+    """Occupied voxels with a 6-neighbour in the array that is not occupied (beyond the
+    array there is no value, so the array's faces make no surface by themselves)."""
+    return occupied & _dilate(~occupied)
+
+
+def _dilate_cube(mask: np.ndarray) -> np.ndarray:
+    """``mask`` grown by one voxel in every direction (the 3x3x3 neighbourhood)."""
+    out = mask
+    for axis in range(3):
+        grown = out.copy()
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        grown[tuple(lo)] |= out[tuple(hi)]
+        grown[tuple(hi)] |= out[tuple(lo)]
+        out = grown
+    return out
 
 
 def _dilate(mask: np.ndarray) -> np.ndarray:

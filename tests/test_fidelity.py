@@ -79,3 +79,52 @@ def test_misses_inside_solids_are_told_apart_from_missed_surfaces():
     assert scores["iou"] == pytest.approx(55 / 64)
     assert scores["misses_inside"] == pytest.approx(8 / 9)
     assert grid_fidelity(grid(truth_alpha), grid(truth_alpha))["misses_inside"] is None
+
+
+def _surface_points(alpha: np.ndarray) -> np.ndarray:
+    """Occupied voxels with a non-occupied 6-neighbour in the array, by brute force."""
+    occ = alpha > 0.5
+    points = []
+    for p in zip(*np.nonzero(occ), strict=True):
+        for axis in range(3):
+            for step in (-1, 1):
+                q = list(p)
+                q[axis] += step
+                if 0 <= q[axis] < occ.shape[axis] and not occ[tuple(q)]:
+                    points.append(p)
+                    break
+            else:
+                continue
+            break
+    return np.array(points).reshape(-1, 3)
+
+
+def _within_one(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of points ``a`` with a point of ``b`` at Chebyshev distance <= 1."""
+    gaps = np.abs(a[:, None, :] - b[None, :, :]).max(-1)  # (A, B)
+    return float((gaps.min(1) <= 1).mean())
+
+
+def test_surface_fscore_sees_surfaces_where_iou_counts_insides():
+    truth = np.zeros((16, 12, 12))
+    truth[2:10, 2:10, 2:10] = 1.0  # a solid 8^3 cube: 296 surface voxels, 216 inside
+    shell = truth.copy()
+    shell[3:9, 3:9, 3:9] = 0.0  # its surface alone, hollow inside
+    scores = grid_fidelity(grid(shell), grid(truth))
+    assert scores["iou"] == pytest.approx(296 / 512)
+    # the shell's inner face is new surface, every voxel of it one voxel from the truth's
+    assert scores["surface_precision"] == scores["surface_recall"] == 1.0
+    assert scores["surface_fscore"] == 1.0
+    moved = np.zeros_like(truth)
+    moved[3:11, 2:10, 2:10] = 1.0  # one voxel off: within the tolerance
+    assert grid_fidelity(grid(moved), grid(truth))["surface_fscore"] == 1.0
+    far = np.zeros_like(truth)
+    far[5:13, 2:10, 2:10] = 1.0  # three voxels off
+    scores = grid_fidelity(grid(far), grid(truth))
+    ours, theirs = _surface_points(far), _surface_points(truth)
+    assert scores["surface_precision"] == pytest.approx(_within_one(ours, theirs))
+    assert scores["surface_recall"] == pytest.approx(_within_one(theirs, ours))
+    assert 0 < scores["surface_fscore"] < 1
+    nothing = grid_fidelity(grid(np.zeros_like(truth)), grid(truth))
+    assert nothing["surface_precision"] is None and nothing["surface_recall"] == 0.0
+    assert nothing["surface_fscore"] is None
