@@ -193,7 +193,9 @@ def extract_grid(
             ``checkpoint.pt``); or a scene folder (holds ``transforms.json``): a NeRF is
             trained first into ``run_dir`` (default ``<scene>_nerf`` beside the scene; an
             existing checkpoint there is reused), for :data:`SCENE_NERF_BUDGET_S` (300 s)
-            unless ``trainer_config`` says otherwise.
+            unless ``trainer_config`` says otherwise; or a nerfstudio run's ``config.yml``
+            (recognised by content; needs nerfstudio, :mod:`pipeline.nerfstudio.source`):
+            its field in the capture's world frame.
         resolution: overrides ``config.resolution`` (default 160).
         config: the :class:`ExtractConfig`; ``overrides`` replace single fields of it.
         run_dir: where a scene folder's NeRF is trained.
@@ -214,7 +216,8 @@ def extract_grid(
         raise ValueError(f"extract_grid: unknown option(s) {sorted(unknown)}")
     cfg = replace(cfg, **overrides)
 
-    src = _resolve_source(source, run_dir=run_dir, trainer_config=trainer_config)
+    src = _resolve_source(source, run_dir=run_dir, trainer_config=trainer_config,
+                          device=cfg.device)  # fmt: skip
     if camera_origins is not None:
         src.camera_origins = np.asarray(camera_origins, dtype=np.float32)
     device = torch.device(cfg.device) if cfg.device else _field_device(src.field)
@@ -345,9 +348,17 @@ def config_hash(cfg: ExtractConfig, nerf_config: Any = None) -> str:
 
 
 # ---------------------------------------------------------------- the source
-def _resolve_source(source: Any, *, run_dir: Any, trainer_config: Any) -> _Source:
+def _resolve_source(source: Any, *, run_dir: Any, trainer_config: Any, device: Any) -> _Source:
     if isinstance(source, (str, os.PathLike)):
-        return _source_from_run(_load_or_train(Path(source), run_dir, trainer_config))
+        from pipeline.nerfstudio.run import is_nerfstudio_config
+
+        path = Path(source)
+        if path.is_file() and is_nerfstudio_config(path):
+            # imported here: loading a nerfstudio run needs nerfstudio (make nerfstudio)
+            from pipeline.nerfstudio.source import load_world_run
+
+            return _source_from_run(load_world_run(path, device=device or "cpu"))
+        return _source_from_run(_load_or_train(path, run_dir, trainer_config))
     if hasattr(source, "field"):
         return _source_from_run(source)
     if all(hasattr(source, a) for a in ("aabb", "density", "color")):
@@ -371,7 +382,8 @@ def _load_or_train(path: Path, run_dir: Any, trainer_config: Any) -> Any:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such NeRF run or scene folder")
     if not path.is_dir():
-        raise FileNotFoundError(f"{path}: not a folder (expected a NeRF run or a scene folder)")
+        raise FileNotFoundError(f"{path}: not a folder (expected a NeRF run or a scene folder) "
+                                "nor a nerfstudio run's config.yml")  # fmt: skip
     if (path / "checkpoint.pt").is_file():
         return nerf_training.load_run(path)
     if (path / "transforms.json").is_file() or (path / "transforms_train.json").is_file():
@@ -404,7 +416,10 @@ def _source_from_run(run: Any) -> _Source:
         "backend": backend,
         "steps": metrics.get("steps"),
         "psnr_holdout": metrics.get("psnr_holdout"),
-    }
+        # a nerfstudio run says which of its methods and versions made the field
+        **{key: metrics[key] for key in ("method", "implementation", "nerfstudio_version")
+           if key in metrics},
+    }  # fmt: skip
     if getattr(run, "run_dir", None) is not None:
         nerf["run_dir"] = str(run.run_dir)
     # A run's scene box (from transforms.json); a synthetic room's float64 ``aabb``.

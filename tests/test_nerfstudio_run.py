@@ -226,3 +226,50 @@ def test_camera_centres_of_the_dataparser_and_the_capture(ns_run):
     assert ours.shape == theirs.shape == (18, 3)  # nerfstudio trains on 90 % of 20 views
     frame = read_frame(run.dataparser_transforms, run.transforms_json)
     assert check_camera_centres(frame, ours, theirs, str(run.config_path)) < 1e-5
+
+
+@pytest.mark.nerfstudio
+def test_extracted_grid_holds_the_fields_own_values_in_world_units(ns_run, tmp_path):
+    """Extraction from config.yml equals nerfstudio's field queried by hand: world voxel
+    centres mapped into the run's frame, sigma_N scaled to world units, colour averaged
+    over NeRF-RPN's 18 directions turned into the run's frame."""
+    import torch
+
+    from pipeline.directions import rpn_fixed_directions
+    from pipeline.extract import extract_grid
+    from pipeline.nerfstudio.frames import read_frame
+    from pipeline.nerfstudio.run import load_nerfstudio_field
+
+    grid = extract_grid(ns_run, 12, directions="fixed", empty_below=0.0)
+    run = find_run(ns_run)
+    assert grid.meta["nerf"]["backend"] == "nerfstudio"
+    assert grid.meta["nerf"]["method"] == "nerfacto" and grid.meta["nerf"]["steps"] == STEPS - 1
+    capture_box = np.asarray(json.loads(run.transforms_json.read_text())["aabb"])
+    np.testing.assert_allclose(grid.bbox_min, capture_box[0], atol=1e-6)  # the capture's box
+
+    frame = read_frame(run.dataparser_transforms, run.transforms_json)
+    field = load_nerfstudio_field(run)
+    picks = np.random.default_rng(0).integers(0, grid.shape, size=(40, 3))  # (40, 3) voxels
+    world = grid.bbox_min + picks * grid.voxel_size
+    x_n = torch.as_tensor(frame.to_nerfstudio(world), dtype=torch.float32)
+    sigma_w = frame.scale * field.density(x_n).double().numpy()
+    alpha = 1 - np.exp(-sigma_w * grid.delta)
+    stored = grid.alpha[tuple(picks.T)]
+    np.testing.assert_allclose(stored, alpha, atol=1e-4)
+    turned = frame.direction_to_nerfstudio(rpn_fixed_directions())
+    dirs = torch.as_tensor(turned, dtype=torch.float32)
+    rgb = torch.stack([field.color(x_n, d.expand(len(x_n), 3)) for d in dirs]).mean(0).numpy()
+    np.testing.assert_allclose(grid.rgb[(slice(None), *picks.T)].T, rgb, atol=1e-4)
+
+
+@pytest.mark.nerfstudio
+def test_nerfmae_extract_takes_a_config_yml_and_keeps_the_scenes_labels(ns_run, tmp_path):
+    from grid_store import GridStore
+    from nerfmae.cli import main as cli_main
+
+    store = str(tmp_path / "grids.zarr")
+    assert cli_main(["extract", str(ns_run), "--store", store, "--scene-id", "ns_room",
+                     "--resolution", "16"]) == 0  # fmt: skip
+    grid = GridStore(store, mode="r").read_grid("ns_room")
+    assert grid.meta["nerf"]["backend"] == "nerfstudio"
+    assert grid.semantic is not None and grid.boxes is not None  # from scene/ground_truth/

@@ -16,8 +16,9 @@ def register(subparsers) -> None:
     parser.add_argument(
         "source",
         type=Path,
-        help="NeRF run folder (checkpoint.pt), or a scene folder: a NeRF is trained first "
-        "(300 s budget) into --run-dir",
+        help="NeRF run folder (checkpoint.pt), a scene folder (a NeRF is trained first, 300 s "
+        "budget, into --run-dir), or a nerfstudio run's config.yml (nerfacto, instant-ngp; "
+        "run this command from .venv-nerfstudio, see make nerfstudio)",
     )
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--out", type=Path, help="write the grid to this .npz (contract 1)")
@@ -111,6 +112,10 @@ def scene_folder_of(source: Path) -> Path | None:
     (its ``config.json``, contract 4); None when that is not known."""
     import json
 
+    from pipeline.nerfstudio.run import find_run, is_nerfstudio_config
+
+    if source.is_file() and is_nerfstudio_config(source):
+        return find_run(source).transforms_json.parent
     if (source / "transforms.json").is_file() or (source / "transforms_train.json").is_file():
         return source
     config = source / "config.json"
