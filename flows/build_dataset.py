@@ -1,7 +1,10 @@
 """Flow ``build-dataset``: scene folders in, radiance grids in a Zarr store out.
 
 Per scene: ``train_nerf -> extract_grid -> write_grid`` (see :mod:`flows.scenes`), all
-scenes fanned out on the chosen task runner. A scene that fails is reported with its
+scenes fanned out on the chosen task runner. The NeRFs are ours, or nerfstudio's
+(``nerf_backend="nerfstudio"``: ns-train and extraction in nerfstudio's environment, see
+:mod:`flows.nerfstudio_backend`); finished nerfstudio runs among the inputs are extracted
+without training. A scene that fails is reported with its
 reason and never stops the others; the run ends with a table artifact (status, PSNR,
 time, grid size per scene) and returns the same rows. Its state says how it went: Completed
 with a message such as ``"2 written, 1 failed; reasons in build-dataset-report"``, or Failed
@@ -11,6 +14,9 @@ when no scene of its input is in the store at the end (called from Python, it th
 From the shell (Prefect 3 has no ``prefect run``; run the file, or a deployment)::
 
     python flows/build_dataset.py --scenes data/scenes --store data/grids.zarr --steps 2000
+    python flows/build_dataset.py --scenes data/scenes --store data/grids.zarr \
+        --nerf-backend nerfstudio --time-budget 600 --nerf-option method=instant-ngp
+    python flows/build_dataset.py --scenes outputs --store data/grids.zarr   # finished runs
     prefect deployment run 'build-dataset/build-dataset' --param scenes=data/scenes
 
 From Python::
@@ -83,14 +89,19 @@ def build_dataset(
     local_dask_workers: int | None = None,
     dask_processes: bool = True,
     dask_gpus_per_task: float | None = None,
+    nerf_backend: str = "ours",
 ) -> list[dict[str, Any]]:
     """Build a grid store from scene folders; returns one report row per scene.
 
     Args:
-        scenes: a folder of scene folders, one scene folder, a glob, or a list of these.
+        scenes: a folder of scene folders, one scene folder, a glob, or a list of these;
+            finished nerfstudio runs likewise (a run's ``config.yml`` or folder, or a folder
+            of runs such as ``outputs/``): extracted, not trained.
         store: grid store URL (created if absent).
         runs_dir: where NeRF runs go (default: ``nerf_runs`` beside a local store).
-        nerf: ``TrainerConfig`` overrides, e.g. ``{"max_steps": 2000, "time_budget_s": 120}``.
+        nerf: ``TrainerConfig`` overrides, e.g. ``{"max_steps": 2000, "time_budget_s": 120}``;
+            with the nerfstudio backend, ``flows.nerfstudio_backend.NerfstudioConfig``
+            fields (method, max_num_iterations, time_budget_s, scale_factor...).
         resolution: grid samples along the longest side of each scene box.
         extract: ``ExtractConfig`` overrides (``directions``, ``box``...).
         min_psnr: quality gate on the held-out PSNR (dB); None disables it.
@@ -102,6 +113,8 @@ def build_dataset(
         local_dask_workers: or on a temporary local Dask cluster of this many workers.
         dask_processes: local cluster workers are processes (False: threads).
         dask_gpus_per_task: Dask ``GPU`` resource each scene needs (clusters declaring GPUs).
+        nerf_backend: ``ours`` (nerf_training, in the task) or ``nerfstudio`` (ns-train in
+            nerfstudio's environment, ``make nerfstudio``); part of each scene's config hash.
     """
     logger = get_run_logger()
     settings = BuildSettings(
@@ -115,10 +128,15 @@ def build_dataset(
         retry_delay_s=retry_delay_s,
         gpu_limit=GPU_LIMIT,
         hash_mode=hash_mode,
+        nerf_backend=nerf_backend,
     )
     jobs, reports = plan_jobs(discover_scenes(scenes))
     logger.info(
-        "%d scene folders, store %s, runs in %s", len(jobs) + len(reports), store, settings.runs_dir
+        "%d scene folders, store %s, %s NeRFs in %s",
+        len(jobs) + len(reports),
+        store,
+        nerf_backend,
+        settings.runs_dir,
     )
 
     from grid_store import GridStore
@@ -219,16 +237,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", required=True, help="grid store URL")
     parser.add_argument("--runs-dir")
     parser.add_argument(
-        "--steps", type=int, help="NeRF optimiser steps per scene (TrainerConfig.max_steps)"
+        "--nerf-backend",
+        choices=("ours", "nerfstudio"),
+        default="ours",
+        help="who trains the NeRFs: ours, or nerfstudio's ns-train in .venv-nerfstudio",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help="NeRF optimiser steps per scene (TrainerConfig.max_steps; nerfstudio: "
+        "max_num_iterations)",
     )
     parser.add_argument("--time-budget", type=float, help="NeRF seconds per scene")
-    parser.add_argument("--backend", choices=("auto", "tcnn", "torch"))
+    parser.add_argument(
+        "--backend",
+        choices=("auto", "tcnn", "torch"),
+        help="hash grid implementation (nerfstudio: implementation, tcnn or torch)",
+    )
     parser.add_argument(
         "--nerf-option",
         action="append",
         default=[],
         metavar="KEY=JSON",
-        help="any other TrainerConfig field, e.g. --nerf-option target_samples=16384",
+        help="any other TrainerConfig field, e.g. --nerf-option target_samples=16384 "
+        "(nerfstudio: a NerfstudioConfig field, e.g. method=instant-ngp)",
     )
     parser.add_argument("--resolution", type=int, default=160)
     parser.add_argument("--min-psnr", type=float)
@@ -242,10 +274,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     nerf = parse_options(args.nerf_option)
+    nerfstudio = args.nerf_backend == "nerfstudio"
+    if nerfstudio and args.backend == "auto":
+        raise SystemExit("--backend auto: with --nerf-backend nerfstudio, leave it out instead")
     for key, value in (
-        ("max_steps", args.steps),
+        ("max_num_iterations" if nerfstudio else "max_steps", args.steps),
         ("time_budget_s", args.time_budget),
-        ("backend", args.backend),
+        ("implementation" if nerfstudio else "backend", args.backend),
     ):
         if value is not None:
             nerf[key] = value
@@ -263,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         dask_address=args.dask_address,
         local_dask_workers=args.dask_workers,
         dask_gpus_per_task=args.dask_gpus_per_task,
+        nerf_backend=args.nerf_backend,
         return_state=True,
     )
     reports = reports_of(state)
