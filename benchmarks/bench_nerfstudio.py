@@ -195,7 +195,7 @@ def train_nerfacto(flags: list[str], budget_s: float, threads: int, log_path: st
 
 
 def run_nerfacto(capture: Path, name: str, work: Path, budget: float, threads: int,
-                 rays: int, background: str | None) -> dict:  # fmt: skip
+                 rays: int, background: str | None, scale_factor: float) -> dict:  # fmt: skip
     """nerfacto on ``capture`` for ``budget`` seconds in a child process: its steps,
     seconds and run ``config.yml``."""
     flags = ["nerfacto", *NERFACTO_CPU_FLAGS,
@@ -204,6 +204,9 @@ def run_nerfacto(capture: Path, name: str, work: Path, budget: float, threads: i
              "--data", str(capture)]  # fmt: skip
     if background is not None:
         flags += ["--pipeline.model.background-color", background]
+    # as build-dataset's nerfstudio backend trains (flows.nerfstudio_backend): auto-scaling
+    # alone leaves a room's walls in nerfacto's contracted region
+    flags += ["nerfstudio-data", "--scale-factor", f"{scale_factor:g}"]
     log_path, result_path = work / f"{name}_nerfacto.log", work / f"{name}_nerfacto.json"
     result_path.unlink(missing_ok=True)
     # spawn: a fresh interpreter (fork would copy this process's torch state); nerfstudio's
@@ -265,7 +268,7 @@ def compare(name: str, scene_dir: Path, args, threads: int, truth: RadianceGrid 
 
     load = os.getloadavg()
     nerfacto = run_nerfacto(capture, name, args.work, args.budget, threads, args.rays,
-                            background)  # fmt: skip
+                            background, args.scale_factor)  # fmt: skip
     config_yml = Path(nerfacto["config"])
     ns_renders = render_nerfacto(config_yml, scene)
     rows = [{
@@ -387,6 +390,8 @@ def main() -> None:
                         help="CPU threads of both methods (default: torch's, which follows "
                              "OMP_NUM_THREADS)")  # fmt: skip
     parser.add_argument("--rays", type=int, default=1024, help="nerfacto's rays per step")
+    parser.add_argument("--scale-factor", type=float, default=0.5,
+                        help="nerfstudio-data's --scale-factor (build-dataset's default)")
     parser.add_argument("--seed", type=int, default=0, help="the synthetic room")
     parser.add_argument("--views", type=int, default=50)
     parser.add_argument("--image-size", type=int, default=64)
