@@ -315,16 +315,12 @@ def finished_run_metrics(config_yml: str | os.PathLike) -> dict[str, Any]:
     """What is known of a finished run: our ``metrics.json`` where the nerfstudio backend
     trained it (beside the run's folder), else its method and step (no held-out PSNR:
     nerfstudio keeps its evaluations in TensorBoard events only)."""
-    import json
-
-    from pipeline.nerfstudio.run import find_run
+    from pipeline.nerfstudio.run import find_run, recorded_metrics
 
     run = find_run(config_yml)
-    ours = run.run_dir.parent / METRICS_FILE
-    if ours.is_file():
-        metrics = json.loads(ours.read_text())
-        if Path(metrics.get("config", "")).resolve() == run.config_path:
-            return metrics
+    metrics = recorded_metrics(run)
+    if metrics is not None:
+        return metrics
     return {
         "backend": "nerfstudio",
         "method": run.method,

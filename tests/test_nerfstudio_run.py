@@ -99,6 +99,27 @@ def test_missing_pieces_are_named(tmp_path):
         find_run(config)
 
 
+def test_the_key_check_names_what_does_not_fit_without_nerfstudio(tmp_path):
+    """The checks that stop a checkpoint loading into the wrong model (nerfstudio's own
+    loader falls back to strict=False), on hand-made tensors."""
+    from pipeline.nerfstudio.run import _check_keys, _uses_tcnn
+
+    run = find_run(_hand_made_run(tmp_path))
+    model = {"field.mlp_head.layers.0.weight": np.zeros((64, 32)),
+             "field.mlp_base.model.0.hash_table": np.zeros((16384, 2))}  # fmt: skip
+    _check_keys(model, dict(model), run)  # fits: nothing raised
+    saved = {"field.mlp_head.layers.0.weight": np.zeros((64, 16)),
+             "field.mlp_base.model.params": np.zeros(100)}  # fmt: skip
+    with pytest.raises(ValueError) as caught:
+        _check_keys(model, saved, run)
+    message = str(caught.value)
+    assert str(run.checkpoint) in message and str(run.config_path) in message
+    assert "missing from the checkpoint: field.mlp_base.model.0.hash_table" in message
+    assert "not in the model: field.mlp_base.model.params" in message
+    assert "of another shape: field.mlp_head.layers.0.weight (64, 16) (model (64, 32))" in message
+    assert _uses_tcnn(saved) and not _uses_tcnn(model)  # tiny-cuda-nn's flat params
+
+
 # ------------------------------------------------------------- in nerfstudio's environment
 
 STEPS = 30

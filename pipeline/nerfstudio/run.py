@@ -265,6 +265,18 @@ def find_run(path: str | os.PathLike, data: str | os.PathLike | None = None) -> 
 # ---------------------------------------------------------------- nerfstudio needed
 
 
+def recorded_metrics(run: NerfstudioRun) -> dict[str, Any] | None:
+    """Our ``metrics.json`` of a run that build-dataset's nerfstudio backend trained (it
+    sits beside the run's folder and names the run's ``config.yml``), else ``None``:
+    nerfstudio itself keeps its evaluations in TensorBoard events only."""
+    path = run.run_dir.parent / "metrics.json"
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    named = metrics.get("config")
+    return metrics if named and Path(named).resolve() == run.config_path else None
+
+
 def _trainer_config(run: NerfstudioRun) -> Any:
     """The run's config as nerfstudio's own ``TrainerConfig`` (its unsafe YAML loader, as
     nerfstudio reads it; the file is nerfstudio's own)."""

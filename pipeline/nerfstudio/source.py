@@ -34,6 +34,7 @@ from pipeline.nerfstudio.run import (
     find_run,
     load_nerfstudio_field,
     nerfstudio_camera_centres,
+    recorded_metrics,
 )
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ def load_world_run(
              run.config_path, len(world_centres), gap)  # fmt: skip
     world = WorldField(ns_field, frame)
     box = _capture_box(run.transforms_json)
+    recorded = recorded_metrics(run) or {}
     return NerfstudioWorldRun(
         run=run,
         field=world,
@@ -106,7 +108,8 @@ def load_world_run(
             "steps": run.step,
             "implementation": ns_field.implementation,
             "nerfstudio_version": run.nerfstudio_version or ns_field.nerfstudio_version,
-            "psnr_holdout": None,
+            # known where build-dataset trained the run (its metrics.json)
+            "psnr_holdout": recorded.get("psnr_holdout"),
         },
         config={
             "backend": "nerfstudio",
