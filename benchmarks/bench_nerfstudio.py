@@ -63,22 +63,19 @@ from nerf_training.scene import Scene, load_scene
 from nerf_training.trainer import NerfTrainer, TrainerConfig, psnr
 from pipeline.extract import extract_grid
 from pipeline.fidelity import alpha_on_step, grid_fidelity
+from pipeline.nerfstudio.ns_train import CPU_MODEL_FLAGS
 from pipeline.synthetic import generate_scene, make_room
 
 LEGO = (
     Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nerf_synthetic" / "lego_200"
 )
 WHITE = (1.0, 1.0, 1.0)
-# tests/test_nerfstudio_run.py's CPU nerfacto: nerfstudio's torch hash grid and MLPs (no
-# tiny-cuda-nn on a CPU), a smaller hash table, fewer levels and samples per ray.
+# The tests' CPU nerfacto: nerfstudio's torch hash grid and MLPs (no tiny-cuda-nn on a CPU),
+# a smaller hash table, fewer levels and samples per ray.
 NERFACTO_CPU_FLAGS = [
     "--machine.device-type", "cpu", "--vis", "tensorboard",
     "--pipeline.model.implementation", "torch",
-    "--pipeline.model.log2-hashmap-size", "14",
-    "--pipeline.model.num-levels", "8",
-    "--pipeline.model.max-res", "256",
-    "--pipeline.model.num-proposal-samples-per-ray", "64", "32",
-    "--pipeline.model.num-nerf-samples-per-ray", "32",
+    *CPU_MODEL_FLAGS,
     # the budget ends training, not a step count; no evaluation inside the budget
     "--max-num-iterations", "100000000",
     "--steps-per-eval-batch", "0", "--steps-per-eval-image", "0",

@@ -23,10 +23,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import shlex
 import shutil
-import subprocess
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,10 +31,12 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.processes import stream_process
 from flows.tasks import (
     GPU_LIMIT,
     _train_cache_key,
     config_from_dict,
+    float16_megabytes,
     gpu_slot,
     retry_if_transient,
 )
@@ -58,8 +57,6 @@ EXTRACT_FLAGS = {
     "empty_below": "--empty-below",
     "device": "--device",
 }
-OUTPUT_TAIL = 40
-"""Lines of a failed process's output its error carries."""
 
 
 @dataclass
@@ -158,39 +155,24 @@ def nerfstudio_environment(environment: str | os.PathLike | None = None) -> Path
 
 def subprocess_env() -> dict[str, str]:
     """This process's environment, with this checkout first on ``PYTHONPATH`` (the
-    processes run this code, not another checkout's) and unbuffered output (lines reach the
-    log as they are printed)."""
+    processes run this code, not another checkout's)."""
     path = os.environ.get("PYTHONPATH")
-    return {
-        **os.environ,
-        "PYTHONPATH": str(REPO) + (os.pathsep + path if path else ""),
-        "PYTHONUNBUFFERED": "1",
-    }
+    return {**os.environ, "PYTHONPATH": str(REPO) + (os.pathsep + path if path else "")}
 
 
 def run_streamed(command: list[str], logger: Any, what: str) -> None:
-    """Run ``command``, each output line (stdout and stderr) an INFO record of ``logger``.
+    """Run ``command`` in the nerfstudio environment's way (:func:`subprocess_env`), its
+    output streamed into ``logger`` (:func:`flows.processes.stream_process`).
 
     A usage error (exit status 2: ns-train's parser, ``nerfmae``'s bad-input exit) is a
     ``ValueError`` (the same every time: not retried); another failure a ``RuntimeError``
     with the last lines of output."""
-    logger.info("launching %s", shlex.join(command))
-    tail: deque[str] = deque(maxlen=OUTPUT_TAIL)
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env=subprocess_env(), errors="replace") as proc:  # fmt: skip
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            # rich redraws progress with carriage returns: keep the last state of a line
-            line = raw.rstrip().rsplit("\r", 1)[-1]
-            if line.strip():
-                logger.info("%s", line)
-                tail.append(line)
-    if proc.returncode == 0:
+    status, output = stream_process(command, logger, env=subprocess_env())
+    if status == 0:
         return
-    output = "\n".join(tail)
-    if proc.returncode == 2:
+    if status == 2:
         raise ValueError(f"{what}: bad arguments or input (exit status 2):\n{output}")
-    raise RuntimeError(f"{what} exited with status {proc.returncode}; last output:\n{output}")
+    raise RuntimeError(f"{what} exited with status {status}; last output:\n{output}")
 
 
 # ----------------------------------------------------------------- command lines
@@ -394,8 +376,5 @@ def extract_nerfstudio_task(
     with gpu_slot(gpu_limit):
         run_streamed(command, get_run_logger(), f"nerfmae extract {config_yml}")
     grid = RadianceGrid.load_npz(grid_path)
-    return {
-        "grid_path": str(grid_path),
-        "shape": list(grid.shape),
-        "megabytes": round(4 * 2 * int(grid.rgba[0].size) / 2**20, 3),
-    }
+    return {"grid_path": str(grid_path), "shape": list(grid.shape),
+            "megabytes": float16_megabytes(grid.shape)}  # fmt: skip

@@ -47,6 +47,7 @@ from flows.tasks import (
     config_from_dict,
     extract_grid_task,
     fingerprint_scene,
+    float16_megabytes,
     run_is_complete,
     train_nerf_task,
     write_grid_task,
@@ -328,7 +329,7 @@ def process_scene(job: SceneJob, settings: BuildSettings) -> dict[str, Any]:
             psnr=psnr,
             seconds=time.perf_counter() - t0,
             grid_shape=shape,
-            grid_mb=None if shape is None else _float16_mb(shape),
+            grid_mb=None if shape is None else float16_megabytes(shape),
             config_hash=config_hash,
         )
 
@@ -430,8 +431,3 @@ def _extract(
         config_yml, grid_path, settings.resolution, settings.extract, environment,
         settings.gpu_limit,
     )  # fmt: skip
-
-
-def _float16_mb(shape: Sequence[int]) -> float:
-    x, y, z = (int(s) for s in shape)
-    return round(4 * 2 * x * y * z / 2**20, 3)

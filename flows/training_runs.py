@@ -22,13 +22,14 @@ import io
 import json
 import os
 import re
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from flows.processes import stream_process
 
 PERCENT_KEYS = re.compile(
     r"val_(ap\d+|recall\d+@\d+|average_recall|miou|macc|allacc|per_class_(ap\d+|iou|acc))"
@@ -66,18 +67,9 @@ def run_training(config: Any, nproc_per_node: int, logger) -> dict[str, Any]:
 
     if nproc_per_node <= 1:
         return train(config)
-    command = torchrun_command(config, nproc_per_node)
-    logger.info("launching %s", " ".join(command))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env=env, cwd=os.getcwd()) as proc:  # fmt: skip
-        tail: list[str] = []
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            logger.info(line.rstrip())
-            tail = (tail + [line])[-40:]
-    if proc.returncode != 0:
-        raise RuntimeError(f"torchrun exited with {proc.returncode}; last output:\n{''.join(tail)}")
+    status, output = stream_process(torchrun_command(config, nproc_per_node), logger)
+    if status != 0:
+        raise RuntimeError(f"torchrun exited with {status}; last output:\n{output}")
     metrics_path = Path(config.out_dir) / "metrics.json"
     if not metrics_path.is_file():
         raise FileNotFoundError(f"{metrics_path}: torchrun finished without writing the summary")

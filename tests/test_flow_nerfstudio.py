@@ -297,14 +297,9 @@ def test_build_dataset_with_nerfstudio_stores_a_nerfacto_grid(prefect_api, tmp_p
 
     scene = generate_scene(tmp_path / "scenes" / "room", seed=0, n_views=20, image_size=32,
                            grid_resolution=32)  # fmt: skip
-    small = [
-        "--pipeline.datamanager.train-num-rays-per-batch", "256",
-        "--pipeline.model.log2-hashmap-size", "14",
-        "--pipeline.model.num-levels", "8",
-        "--pipeline.model.max-res", "256",
-        "--pipeline.model.num-proposal-samples-per-ray", "64", "32",
-        "--pipeline.model.num-nerf-samples-per-ray", "32",
-    ]  # fmt: skip
+    from pipeline.nerfstudio.ns_train import CPU_MODEL_FLAGS
+
+    small = ["--pipeline.datamanager.train-num-rays-per-batch", "256", *CPU_MODEL_FLAGS]
     store = str(tmp_path / "grids.zarr")
     kwargs = flow_kwargs(scene, tmp_path, device="cpu", max_num_iterations=30,
                          time_budget_s=60, ns_train_args=small)  # fmt: skip

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.nerfstudio.ns_train import CPU_MODEL_FLAGS
 from pipeline.nerfstudio.run import find_run, is_nerfstudio_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -130,11 +131,7 @@ TRAIN_FLAGS = [
     "--max-num-iterations", str(STEPS),
     "--pipeline.model.implementation", "torch",
     "--pipeline.datamanager.train-num-rays-per-batch", "256",
-    "--pipeline.model.log2-hashmap-size", "14",
-    "--pipeline.model.num-levels", "8",
-    "--pipeline.model.max-res", "256",
-    "--pipeline.model.num-proposal-samples-per-ray", "64", "32",
-    "--pipeline.model.num-nerf-samples-per-ray", "32",
+    *CPU_MODEL_FLAGS,
 ]  # fmt: skip
 
 

@@ -17,6 +17,18 @@ from pipeline.nerfstudio.lpips_stand_in import alexnet_weights_cached, install_l
 
 log = logging.getLogger(__name__)
 
+CPU_MODEL_FLAGS = (
+    "--pipeline.model.log2-hashmap-size", "14",
+    "--pipeline.model.num-levels", "8",
+    "--pipeline.model.max-res", "256",
+    "--pipeline.model.num-proposal-samples-per-ray", "64", "32",
+    "--pipeline.model.num-nerf-samples-per-ray", "32",
+)  # fmt: skip
+"""nerfacto small enough for a CPU (~0.14 s a step with 256 rays, one thread): a smaller
+hash table, fewer levels and fewer samples per ray. With nerfstudio's torch modules
+(``--pipeline.model.implementation torch``; tiny-cuda-nn needs CUDA), which callers add
+as they choose the device."""
+
 
 def main(argv: list[str] | None = None) -> None:
     """Run nerfstudio's ``ns-train`` with ``argv`` (default: this process's arguments)."""
