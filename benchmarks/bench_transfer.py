@@ -73,35 +73,102 @@ def room_ids(first_seed: int, n: int) -> list[str]:
     return [f"room{first_seed + i:06d}" for i in range(n)]
 
 
-def write_rooms(url: str, scene_ids: list[str], resolution: int, room_config) -> float:
-    """Ground-truth grids of the rooms ``scene_ids`` (named by their seed), once; seconds."""
+def write_room(scene: str, url: str, resolution: int, room_config) -> None:
+    """Write the ground-truth grid of room ``scene`` (named by its seed) into the store."""
     from pipeline.synthetic.ground_truth import sample_ground_truth
     from pipeline.synthetic.room import make_room
 
+    grid = sample_ground_truth(make_room(int(scene[4:]), room_config), resolution)
+    GridStore(url).write_grid(scene, grid.with_empty_space(0.01))
+
+
+def write_rooms(url: str, scene_ids: list[str], resolution: int, room_config,
+                workers: int = 0) -> float:  # fmt: skip
+    """Ground-truth grids of the rooms ``scene_ids`` not yet in the store, by ``workers``
+    processes (each room its own group, so they write side by side); seconds."""
     tic = time.perf_counter()
-    store = GridStore(url)
-    have = set(store.list_scenes())
-    for scene in scene_ids:
-        if scene not in have:
-            grid = sample_ground_truth(make_room(int(scene[4:]), room_config), resolution)
-            store.write_grid(scene, grid.with_empty_space(0.01))
+    todo = [scene for scene in scene_ids if scene not in set(GridStore(url).list_scenes())]
+    if todo:  # the first alone: it creates the store's groups
+        write_room(todo.pop(0), url, resolution, room_config)
+    if workers and todo:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        from functools import partial
+
+        write = partial(write_room, url=url, resolution=resolution, room_config=room_config)
+        # spawn: a forked child inherits zarr's event-loop thread stopped, and hangs on it
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=spawn) as pool:
+            list(pool.map(write, todo, chunksize=8))
+    for scene in todo if not workers else []:
+        write_room(scene, url, resolution, room_config)
     return time.perf_counter() - tic
+
+
+def calibrate_steps(args, store: str, scenes: list[str], seconds: float) -> int:
+    """Pretraining steps that fit ``seconds`` on ``--pretrain-device``: the slower of the
+    MAE's step (forward, backward, AdamW; timed on a real batch after a warm-up) and the
+    loading of a batch (timed here, shared by ``--pretrain-workers``), 15 % kept for worker
+    restarts, checkpoints and validation. Processes sharing a GPU should calibrate together,
+    as they will train."""
+    from grid_store.dataset import GridDataset, collate_grids
+    from model import build_mae
+
+    device = torch.device(args.pretrain_device)
+    model = build_mae(args.preset, resolution=args.resolution, mask_ratio=args.mask_ratio,
+                      mask_block=args.mask_block, head=args.head).to(device)  # fmt: skip
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    data = GridDataset(store, scenes, size=args.resolution, crop="random", augment=True)
+    tic, loads = time.perf_counter(), 4
+    for i in range(loads):
+        first = i * args.pretrain_batch
+        batch = collate_grids(data.__getitems__(
+            [(first + j) % len(data) for j in range(args.pretrain_batch)]))  # fmt: skip
+    per_load = (time.perf_counter() - tic) / loads / max(1, args.pretrain_workers)
+    rgba, valid = batch["rgba"].to(device).float(), batch["valid"].to(device)
+
+    def step() -> None:
+        optimiser.zero_grad(set_to_none=True)
+        model(rgba, valid).loss.backward()
+        optimiser.step()
+
+    for _ in range(5):
+        step()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    tic, n = time.perf_counter(), 20
+    for _ in range(n):
+        step()
+    sync()
+    per_step = max((time.perf_counter() - tic) / n, per_load)
+    return max(1, int(0.85 * seconds / per_step))
 
 
 def run_pretraining(args, store: str, scenes: list[str], objective: str, seed: int,
                     out: Path, shuffle_targets: bool = False) -> dict[str, Any]:  # fmt: skip
     done = out / "metrics.json"
     if done.is_file() and not args.fresh:
-        return json.loads(done.read_text())
+        metrics = json.loads(done.read_text())
+        # A run made elsewhere (a GPU machine): its checkpoint is the one beside this file.
+        metrics["checkpoint"] = str(out / "checkpoints" / Path(metrics["checkpoint"]).name)
+        return metrics
     held_out = scenes[:2]  # MAE validation: reconstruction of two unseen pretraining rooms
+    steps, probe_every = args.pretrain_steps, args.probe_every
+    if args.pretrain_seconds:
+        steps = calibrate_steps(args, store, scenes[2:], args.pretrain_seconds)
+        probe_every = max(1, steps // 4)
+        logging.getLogger(__name__).warning("%s seed %d: %d steps fit %.0f s on %s", objective,
+                                            seed, steps, args.pretrain_seconds,
+                                            args.pretrain_device)  # fmt: skip
     steps_per_epoch = (len(scenes) - len(held_out)) // args.pretrain_batch
     config = PretrainConfig(
         store_url=store, out_dir=str(out), preset=args.preset, resolution=args.resolution,
         scenes=scenes, val_scenes=held_out, batch_size=args.pretrain_batch,
-        epochs=max(1, math.ceil(args.pretrain_steps / steps_per_epoch)),
-        max_steps=args.pretrain_steps, lr=args.pretrain_lr, num_workers=0, log_every=20,
-        eval_every=10**9, checkpoint_every=args.probe_every, keep_checkpoints=0, device="cpu",
-        objective=objective, seed=seed, resume=out.exists(), shuffle_targets=shuffle_targets,
+        epochs=max(1, math.ceil(steps / steps_per_epoch)),
+        max_steps=steps, lr=args.pretrain_lr, num_workers=args.pretrain_workers,
+        log_every=20, eval_every=10**9, checkpoint_every=probe_every, keep_checkpoints=0,
+        device=args.pretrain_device, objective=objective, seed=seed, resume=out.exists(),
+        shuffle_targets=shuffle_targets,
         model_overrides={"mask_ratio": args.mask_ratio, "mask_block": args.mask_block,
                          "head": args.head},
     )  # fmt: skip
@@ -264,6 +331,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrain-steps", type=int, default=800)
     p.add_argument("--pretrain-batch", type=int, default=4)
     p.add_argument("--pretrain-lr", type=float, default=1e-3)
+    p.add_argument("--pretrain-device", default="cpu",
+                   help="where the MAEs pretrain (cuda: on a GPU; fine-tuning stays on the CPU)")
+    p.add_argument("--pretrain-workers", type=int, default=0, help="pretraining loader workers")
+    p.add_argument("--pretrain-seconds", type=float,
+                   help="pretrain for as many steps as fit this long on --pretrain-device "
+                        "(measured first; replaces --pretrain-steps, 4 checkpoints a run)")
+    p.add_argument("--pretrain-tag", default="",
+                   help="marks the pretraining runs (and the fine-tuning runs from them) of "
+                        "settings other than this benchmark's, so that they share --work")
+    p.add_argument("--stage", choices=("rooms", "pretrain", "all"), default="all",
+                   help="stop after writing the rooms, or after pretraining (a GPU machine's "
+                        "part; copy the pretraining folders back into --work to fine-tune)")
+    p.add_argument("--room-workers", type=int, default=0, help="processes drawing rooms")
     p.add_argument("--mask-ratio", type=float, default=0.75)
     p.add_argument("--mask-block", type=int, default=2,
                    help="tokens a side of a masked block (2: 8 voxels, about the reference's "
@@ -278,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=25,
                    help="fine-tuning steps between validations (best-checkpoint choices)")
     p.add_argument("--bootstrap", type=int, default=500, help="bootstrap draws")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2,
+                   help="CPU threads (pretraining on a GPU uses them too)")
     p.add_argument("--fresh", action="store_true", help="ignore finished runs in --work")
     return p
 
@@ -297,32 +378,45 @@ def main(argv: list[str] | None = None) -> int:
     if max(args.budgets) > len(sets["pool"]):
         raise SystemExit(f"--budgets: the pool holds {len(sets['pool'])} rooms")
     args.work.mkdir(parents=True, exist_ok=True)
-    head = "" if args.head == "token" else f"_{args.head}"  # run names: the default unmarked
+    # Run names: the default head unmarked, a tag for other pretraining settings.
+    head = ("" if args.head == "token" else f"_{args.head}") + (
+        f"_{args.pretrain_tag}" if args.pretrain_tag else "")
     seconds: dict[str, float] = {"rooms": 0.0, "pretrain": 0.0, "finetune": 0.0}
     stores, pretrained, pretraining = {}, {}, []
     for arm in args.arms:
         room_config = RoomConfig(texture_policy=arm, min_part_size=args.min_part_size)
         stores[arm] = str(args.work / f"rooms_{arm}_d{args.data_seed}_{args.resolution}.zarr")
-        seconds["rooms"] += write_rooms(stores[arm], [s for g in sets.values() for s in g],
-                                        args.resolution, room_config)  # fmt: skip
-        for objective in args.objectives:
-            for seed in args.pretrain_seeds:
-                tic = time.perf_counter()
-                out = args.work / f"pretrain_{arm}_d{args.data_seed}_{objective}{head}_s{seed}"
-                mae = run_pretraining(args, stores[arm], sets["pretrain"], objective, seed, out)
-                seconds["pretrain"] += time.perf_counter() - tic
-                pretrained[arm, objective, seed] = mae["checkpoint"]
-                pretraining.append({"arm": arm, "objective": objective, "seed": seed, **mae})
-                report_pretraining(arm, objective, seed, mae)
-        if args.shuffled_control:
+        runs_to_pretrain = [
+            (objective, seed, shuffle, args.work / (f"pretrain_{arm}_d{args.data_seed}_"
+                                                    f"{objective}{head}_{label}s{seed}"))
+            for objective, seed, shuffle, label in [
+                *((o, s, False, "") for o in args.objectives for s in args.pretrain_seeds),
+                *([(args.objectives[0], 0, True, "shuffled_")] if args.shuffled_control else []),
+            ]
+        ]  # fmt: skip
+        # Pretraining rooms only where a pretraining run still needs them.
+        needed = [] if args.stage == "pretrain" else [s for g in ("pool", "val", "test")
+                                                      for s in sets[g]]  # fmt: skip
+        if args.stage == "rooms" or any(not (out / "metrics.json").is_file() or args.fresh
+                                        for *_, out in runs_to_pretrain):  # fmt: skip
+            needed = sets["pretrain"] + needed
+        seconds["rooms"] += write_rooms(stores[arm], needed, args.resolution, room_config,
+                                        args.room_workers)  # fmt: skip
+        if args.stage == "rooms":
+            continue
+        for objective, seed, shuffle, out in runs_to_pretrain:
             tic = time.perf_counter()
-            objective = args.objectives[0]
-            out = args.work / f"pretrain_{arm}_d{args.data_seed}_{objective}{head}_shuffled_s0"
-            mae = run_pretraining(args, stores[arm], sets["pretrain"], objective, 0, out, True)
+            mae = run_pretraining(args, stores[arm], sets["pretrain"], objective, seed, out,
+                                  shuffle)  # fmt: skip
             seconds["pretrain"] += time.perf_counter() - tic
-            pretrained[arm, SHUFFLED, 0] = mae["checkpoint"]
-            pretraining.append({"arm": arm, "objective": SHUFFLED, "seed": 0, **mae})
-            report_pretraining(arm, SHUFFLED, 0, mae)
+            init = SHUFFLED if shuffle else objective
+            pretrained[arm, init, seed] = mae["checkpoint"]
+            pretraining.append({"arm": arm, "objective": init, "seed": seed, **mae})
+            report_pretraining(arm, init, seed, mae)
+    if args.stage != "all":
+        print(f"stage {args.stage} done: " + ", ".join(f"{k} {v:.0f} s"
+                                                      for k, v in seconds.items() if v))
+        return 0
 
     key, _ = METRICS[args.task][0]
     runs: list[dict[str, Any]] = []
