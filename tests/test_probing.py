@@ -27,6 +27,7 @@ from model.probing import (
 from model.probing.interpolation import pool_map, pooling_matrix, sample_map, sample_maps
 from model.probing.linear import LinearMap
 from model.probing.probe import room_maps
+from model.probing.rank import FeatureMoments, effective_rank
 from model.probing.rooms import box_voxels
 from model.probing.semantic import linear_read
 from model.training.checkpointing import DataPosition, make_checkpoint, save_checkpoint
@@ -177,12 +178,47 @@ def test_the_probes_find_a_planted_signal_and_not_noise(planted_store, planted):
     semantic, objects = result["semantic"], result["objects"]
     assert semantic["classes_present"] == ["1", "4", "5", "6"]
     assert objects["test_boxes"] == 24 and objects["train_boxes"] == 24
+    # one per map; the coarse map is 8 independent noise channels
+    assert len(result["effective_rank"]) == 2 and result["effective_rank"][1] > 7.5
     if planted:
         assert semantic["miou"] > 0.95 and semantic["furniture_miou"] > 0.95
         assert objects["accuracy"] > 0.95 and objects["size_r2"] > 0.95
     else:  # four classes, three of them equally rare: chance is far below these
         assert semantic["furniture_miou"] < 0.25 and semantic["miou"] < 0.35
         assert objects["balanced_accuracy"] < 0.6 and objects["size_r2"] < 0.3
+
+
+# ---------------------------------------------------------------- effective rank
+def test_effective_rank_counts_independent_signals_however_mixed_and_scaled():
+    generator = torch.Generator().manual_seed(0)
+    signals = torch.randn(20_000, 3, generator=generator)  # 3 independent unit signals
+    mixed = torch.cat([signals, signals[:, :1] * 5 + 1, -2 * signals[:, 1:2]], dim=1)
+    # the correlation has blocks [[1, 1], [1, 1]], [[1, -1], [-1, 1]] and [1]: eigenvalues
+    # 2, 0, 2, 0, 1, so PR = (2 + 2 + 1)^2 / (4 + 4 + 1) = 25 / 9 (a copy weighs in, unlike
+    # a count of signals: the ratio measures how evenly the channels spread)
+    assert math.isclose(effective_rank(mixed), 25 / 9, rel_tol=0.02)
+    assert math.isclose(effective_rank(signals * torch.tensor([1e-3, 1.0, 1e3])), 3.0,
+                        rel_tol=0.02)  # fmt: skip
+    one = torch.randn(5000, 1, generator=generator)
+    assert math.isclose(effective_rank(one * torch.tensor([1.0, -3.0, 0.5, 2.0])), 1.0,
+                        rel_tol=1e-6)  # fmt: skip
+    constant = torch.cat([signals[:, :2], torch.full((20_000, 1), 7.0)], dim=1)
+    assert math.isclose(effective_rank(constant), 2.0, rel_tol=0.02)  # constant channel: none
+
+
+def test_feature_moments_over_maps_equal_the_rank_of_all_their_cells():
+    generator = torch.Generator().manual_seed(1)
+    maps = [torch.randn(6, 3, 4, 5, generator=generator) for _ in range(3)]
+    moments = FeatureMoments()
+    for feature_map in maps:
+        moments.add_map(feature_map)
+    cells = torch.cat([m.reshape(6, -1).T for m in maps])  # (180, 6)
+    expected = torch.corrcoef(cells.T.double())
+    assert torch.allclose(moments.correlation(), expected, atol=1e-10)
+    assert moments.effective_rank() == pytest.approx(effective_rank(cells), rel=1e-9)
+    single = FeatureMoments()
+    single.add_map(maps[0][:, :1, :1, :1])
+    assert math.isnan(single.effective_rank())  # one cell: no correlation to speak of
 
 
 # ---------------------------------------------------------------- real rooms, frozen encoder

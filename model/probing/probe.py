@@ -19,6 +19,7 @@ from torch import Tensor
 
 from model.probing.linear import L2_GRID, RIDGE_GRID, fit_logistic, fit_ridge
 from model.probing.objects import log_sizes, object_scores, pooled_boxes
+from model.probing.rank import FeatureMoments
 from model.probing.rooms import ProbeRooms
 from model.probing.semantic import room_confusion, sample_miou, semantic_scores, training_rows
 from model.probing.sources import EncoderSource, FeatureSource
@@ -83,7 +84,8 @@ def probe_source(
 ) -> dict:
     """Fit both probes on ``source``'s features of the ``train`` rooms, score them on ``test``.
 
-    Returns ``{"source", "semantic": semantic_scores(...) + train_voxels,
+    Returns ``{"source", "effective_rank": one per map (over every cell of the training rooms,
+    :mod:`.rank`), "semantic": semantic_scores(...) + train_voxels,
     "objects": object_scores(...) + train_boxes, ridge_strength, "seconds": {train, fit, test,
     total}}`` (JSON-ready).
     """
@@ -91,7 +93,11 @@ def probe_source(
     names = _check_rooms(source, train, test)
     started = time.perf_counter()
     point_x, point_y, box_x = [], [], []
+    moments: list[FeatureMoments] = []
     for r, maps in room_maps(source, train, config.batch_size):
+        moments = moments or [FeatureMoments() for _ in maps]
+        for stage, feature_map in zip(moments, maps, strict=True):
+            stage.add_map(feature_map)
         x, y = training_rows(maps, train, r)
         point_x.append(x)
         point_y.append(y)
@@ -126,6 +132,7 @@ def probe_source(
     logger.info("%s: probed in %.1f s", source.name, done - started)
     return {
         "source": source.name,
+        "effective_rank": [stage.effective_rank() for stage in moments],
         "semantic": {
             **semantic_scores(confusion, names, config.furniture_classes),
             "train_voxels": len(point_y),
