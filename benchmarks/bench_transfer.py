@@ -87,7 +87,8 @@ def write_rooms(url: str, scene_ids: list[str], resolution: int, room_config,
     """Ground-truth grids of the rooms ``scene_ids`` not yet in the store, by ``workers``
     processes (each room its own group, so they write side by side); seconds."""
     tic = time.perf_counter()
-    todo = [scene for scene in scene_ids if scene not in set(GridStore(url).list_scenes())]
+    have = set(GridStore(url).list_scenes())
+    todo = [scene for scene in scene_ids if scene not in have]
     if todo:  # the first alone: it creates the store's groups
         write_room(todo.pop(0), url, resolution, room_config)
     if workers and todo:
@@ -98,7 +99,9 @@ def write_rooms(url: str, scene_ids: list[str], resolution: int, room_config,
         write = partial(write_room, url=url, resolution=resolution, room_config=room_config)
         # spawn: a forked child inherits zarr's event-loop thread stopped, and hangs on it
         spawn = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=spawn) as pool:
+        # one thread each: a worker's default threads oversubscribe the cores many times over
+        with ProcessPoolExecutor(workers, mp_context=spawn, initializer=torch.set_num_threads,
+                                 initargs=(1,)) as pool:  # fmt: skip
             list(pool.map(write, todo, chunksize=8))
     for scene in todo if not workers else []:
         write_room(scene, url, resolution, room_config)
@@ -353,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-steps", type=int, default=200)
     p.add_argument("--finetune-batch", type=int, default=4)
     p.add_argument("--finetune-lr", type=float, default=1e-3)
+    p.add_argument("--finetune-tag", default="",
+                   help="marks the fine-tuning runs of another protocol (steps, rates) so that "
+                        "they share --work with this benchmark's")
     p.add_argument("--carried-lr-scale", type=float, default=0.3)
     p.add_argument("--frozen-warmup", type=float, default=0.1)
     p.add_argument("--eval-every", type=int, default=25,
@@ -381,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     # Run names: the default head unmarked, a tag for other pretraining settings.
     head = ("" if args.head == "token" else f"_{args.head}") + (
         f"_{args.pretrain_tag}" if args.pretrain_tag else "")
+    protocol = f"_{args.finetune_tag}" if args.finetune_tag else ""
     seconds: dict[str, float] = {"rooms": 0.0, "pretrain": 0.0, "finetune": 0.0}
     stores, pretrained, pretraining = {}, {}, []
     for arm in args.arms:
@@ -433,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
                 for init, pseed, checkpoint in inits:
                     name = init if pseed is None else f"{init}{head}_p{pseed}"
                     out = (args.work / f"{args.task}_{arm}_d{args.data_seed}_b{budget}_s{seed}_"
-                           f"{name}")  # fmt: skip
+                           f"{name}{protocol}")  # fmt: skip
                     result = run_finetuning(args, stores[arm], sets, budget, seed, checkpoint,
                                             out)  # fmt: skip
                     seconds["finetune"] += result["seconds"]

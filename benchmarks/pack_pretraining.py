@@ -55,6 +55,7 @@ def pack_run(run: Path, out: Path, max_bytes: int) -> Path:
         data = slim_checkpoint(middle, torch.float16)
         if sum(map(len, files.values())) + len(data) + 64_000 <= max_bytes:
             files[f"{run.name}/checkpoints/{middle.name}"] = data
+    out.mkdir(parents=True, exist_ok=True)
     target = out / f"{run.name}.tar"
     with tarfile.open(target, "w") as tar:
         for name, data in files.items():
@@ -69,7 +70,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-mb", type=float, default=16.0,
                         help="largest .tar (MiB): the middle checkpoint is left out above it")
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
     runs = sorted(p for p in args.work.glob("pretrain_*") if (p / "metrics.json").is_file())
     if not runs:
         raise SystemExit(f"{args.work}: no finished pretraining runs")

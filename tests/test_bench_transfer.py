@@ -1,0 +1,100 @@
+"""The transfer benchmark's own arithmetic and plumbing (benchmarks/bench_transfer.py,
+benchmarks/pack_pretraining.py): the paired gain and its bootstrap on hand-made room
+states, and a pretraining run packed on one machine and reused on another."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load("bench_transfer")
+
+
+def semantic_state(right: int, wrong: int) -> dict:
+    """A room's semantic state: ``right`` voxels of class 1 labelled 1, ``wrong`` labelled 2,
+    and 10 voxels of class 2 labelled 2."""
+    confusion = torch.zeros(3, 3, dtype=torch.int64)
+    confusion[1, 1], confusion[1, 2], confusion[2, 2] = right, wrong, 10
+    return {"confusion": confusion}
+
+
+def test_the_paired_gain_is_the_mean_difference_of_pooled_scores(bench):
+    rooms = [f"room{i}" for i in range(6)]
+    warm = {r: semantic_state(10, 0) for r in rooms}  # every voxel right: mIoU 1
+    cold = {r: semantic_state(5, 5) for r in rooms}  # pooled: IoU 5/10 and 10/15
+    gain = bench.paired_gain("semantics", [(warm, cold)], rooms, draws=50, seed=0)
+    assert gain["gain"] == pytest.approx(1 - (0.5 + 10 / 15) / 2)
+    # every room alike: each resample pools to the same scores, the interval is a point
+    assert gain["ci95_low"] == pytest.approx(gain["gain"])
+    assert gain["ci95_high"] == pytest.approx(gain["gain"]) and gain["pairs"] == 1
+    same = bench.paired_gain("semantics", [(cold, cold)], rooms, draws=20, seed=0)
+    assert same["gain"] == 0 and same["ci95_low"] == 0 and same["ci95_high"] == 0
+
+
+def test_the_bootstrap_interval_spans_rooms_that_disagree(bench):
+    rooms = [f"room{i}" for i in range(8)]
+    # pretraining helps on half the rooms and hurts as much on the others
+    warm = {r: semantic_state(10, 0) if i % 2 else semantic_state(0, 10)
+            for i, r in enumerate(rooms)}  # fmt: skip
+    cold = {r: semantic_state(5, 5) for r in rooms}
+    gain = bench.paired_gain("semantics", [(warm, cold)], rooms, draws=400, seed=1)
+    assert gain["ci95_low"] < gain["gain"] < gain["ci95_high"]
+    assert gain["ci95_low"] < 0 < gain["ci95_high"]
+
+
+def test_a_pretraining_run_packed_elsewhere_is_reused_with_its_own_checkpoint(bench, tmp_path):
+    import dataclasses
+
+    from model import build_mae, get_config
+    from model.training.checkpointing import DataPosition, make_checkpoint, save_checkpoint
+
+    run = tmp_path / "gpu" / "pretrain_independent_d0_structure_first_gpu_s0"
+    config = get_config("tiny")
+    model = build_mae(config)
+    optimiser = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda _: 1.0)
+    optimiser.step()  # optimiser state worth leaving behind
+    for step in (10, 20, 30):
+        checkpoint = make_checkpoint(model, optimiser, scheduler, DataPosition(step, 0, step),
+                                     [], {}, dataclasses.asdict(config), task="pretrain")
+        save_checkpoint(checkpoint, run / "checkpoints")
+    remote = str(run / "checkpoints" / "step_000030.pt")
+    (run / "metrics.json").write_text(json.dumps({"steps": 30, "checkpoint": remote}))
+    (run / "config.json").write_text("{}")
+
+    packed = load("pack_pretraining").pack_run(run, tmp_path / "out", 2**30)
+    here = tmp_path / "work"
+    with tarfile.open(packed) as tar:
+        names = tar.getnames()
+        tar.extractall(here, filter="data")
+    folder = here / run.name
+    assert sorted(names) == sorted(f"{run.name}/{n}" for n in (
+        "metrics.json", "config.json", "checkpoints/step_000030.pt",
+        "checkpoints/step_000020.pt"))  # fmt: skip
+    last = torch.load(folder / "checkpoints" / "step_000030.pt", weights_only=False)
+    middle = torch.load(folder / "checkpoints" / "step_000020.pt", weights_only=False)
+    assert "optimizer" not in last and "rng" not in last and last["position"]["step"] == 30
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(last["model"][name], tensor)
+        assert middle["model"][name].dtype == torch.float16
+    # a bench run on this machine takes the run as done, with the checkpoint beside it
+    args = bench.build_parser().parse_args([])
+    metrics = bench.run_pretraining(args, "", [], "structure_first", 0, folder)
+    assert metrics["checkpoint"] == str(folder / "checkpoints" / "step_000030.pt")
