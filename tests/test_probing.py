@@ -197,8 +197,11 @@ def test_effective_rank_counts_independent_signals_however_mixed_and_scaled():
     # 2, 0, 2, 0, 1, so PR = (2 + 2 + 1)^2 / (4 + 4 + 1) = 25 / 9 (a copy weighs in, unlike
     # a count of signals: the ratio measures how evenly the channels spread)
     assert math.isclose(effective_rank(mixed), 25 / 9, rel_tol=0.02)
-    assert math.isclose(effective_rank(signals * torch.tensor([1e-3, 1.0, 1e3])), 3.0,
-                        rel_tol=0.02)  # fmt: skip
+    scaled = signals * torch.tensor([1e-3, 1.0, 1e3])
+    assert math.isclose(effective_rank(scaled), 3.0, rel_tol=0.02)
+    moments = FeatureMoments()
+    moments.add(scaled + 5.0)  # RMS of the standard deviations 1e-3, 1 and 1e3
+    assert math.isclose(moments.scale(), math.sqrt((1e-6 + 1 + 1e6) / 3), rel_tol=0.02)
     one = torch.randn(5000, 1, generator=generator)
     assert math.isclose(effective_rank(one * torch.tensor([1.0, -3.0, 0.5, 2.0])), 1.0,
                         rel_tol=1e-6)  # fmt: skip
@@ -218,7 +221,7 @@ def test_feature_moments_over_maps_equal_the_rank_of_all_their_cells():
     assert moments.effective_rank() == pytest.approx(effective_rank(cells), rel=1e-9)
     single = FeatureMoments()
     single.add_map(maps[0][:, :1, :1, :1])
-    assert math.isnan(single.effective_rank())  # one cell: no correlation to speak of
+    assert math.isnan(single.effective_rank()) and math.isnan(single.scale())  # one cell
 
 
 # ---------------------------------------------------------------- real rooms, frozen encoder

@@ -84,8 +84,8 @@ def probe_source(
 ) -> dict:
     """Fit both probes on ``source``'s features of the ``train`` rooms, score them on ``test``.
 
-    Returns ``{"source", "effective_rank": one per map (over every cell of the training rooms,
-    :mod:`.rank`), "semantic": semantic_scores(...) + train_voxels,
+    Returns ``{"source", "effective_rank" and "feature_scale": one per map (over every cell of
+    the training rooms, :mod:`.rank`), "semantic": semantic_scores(...) + train_voxels,
     "objects": object_scores(...) + train_boxes, ridge_strength, "seconds": {train, fit, test,
     total}}`` (JSON-ready).
     """
@@ -133,6 +133,7 @@ def probe_source(
     return {
         "source": source.name,
         "effective_rank": [stage.effective_rank() for stage in moments],
+        "feature_scale": [stage.scale() for stage in moments],
         "semantic": {
             **semantic_scores(confusion, names, config.furniture_classes),
             "train_voxels": len(point_y),

@@ -43,13 +43,25 @@ class FeatureMoments:
         """``feature_map`` ``(C, D, H, W)``: every cell a row."""
         self.add(feature_map.reshape(feature_map.shape[0], -1).T)
 
+    def covariance(self) -> Tensor:
+        """``(C, C)``: the channels' covariance over the cells added."""
+        if self.total is None or self.count < 2:
+            raise ValueError("a covariance needs at least 2 cells")
+        mean = self.total / self.count
+        return (self.products - self.count * torch.outer(mean, mean)) / (self.count - 1)
+
+    def scale(self) -> float:
+        """The channels' root-mean-square standard deviation: how large the features are
+        (a network reading them starts from a different footing when it differs), NaN for
+        fewer than 2 cells."""
+        if self.count < 2:
+            return math.nan
+        return float(self.covariance().diagonal().clamp_min(0).mean().sqrt())
+
     def correlation(self) -> Tensor:
         """``(C, C)``: the channels' correlation; channels constant over the cells are left out
         (they carry nothing a probe could read)."""
-        if self.total is None or self.count < 2:
-            raise ValueError("effective rank needs at least 2 cells")
-        mean = self.total / self.count
-        covariance = (self.products - self.count * torch.outer(mean, mean)) / (self.count - 1)
+        covariance = self.covariance()
         variance = covariance.diagonal().clamp_min(0)
         live = variance > 1e-12 * variance.max().clamp_min(1e-300)
         scale = variance[live].sqrt()
