@@ -188,7 +188,8 @@ def run_finetuning(args, store: str, sets: dict[str, list[str]], budget: int, se
     labelled = sets["pool"][:budget]
     batch = min(args.finetune_batch, budget)
     steps_per_epoch = budget // batch
-    extra = ({"detector_overrides": {"channels": args.fpn_channels}}
+    extra = ({"detector_overrides": {"channels": args.fpn_channels,
+                                     "stage_norm": args.stage_norm}}
              if args.task == "detect" else {})  # fmt: skip
     config = make_config(
         args.task, store_url=store, out_dir=str(out), preset=args.preset,
@@ -321,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the MAE's prediction head (token: per-token linear, 4x faster here)")
     p.add_argument("--fpn-channels", type=int, default=64,
                    help="detect: FPN and head width (reference: 256)")
+    p.add_argument("--stage-norm", choices=("none", "layer"), default="none",
+                   help="detect: what the FPN reads (DetectorConfig.stage_norm)")
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--preset", default="tiny")
     p.add_argument("--pretrain-rooms", type=int, default=48)

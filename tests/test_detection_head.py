@@ -190,3 +190,27 @@ def test_classes_follow_the_assigned_box_and_reach_the_detections():
     assert math.isfinite(float(losses["loss"]))
     found = detect(out, LAYOUT, t.location_valid, config)[0]
     assert found.labels.shape == found.scores.shape and int(found.labels.max()) < 9
+
+
+def test_stage_norm_gives_the_fpn_each_stage_at_unit_scale_and_only_when_asked():
+    config = get_config("tiny", resolution=32)
+    torch.manual_seed(0)
+    plain = Detector(config, DetectorConfig(channels=16))
+    normed = Detector(config, DetectorConfig(channels=16, stage_norm="layer"))
+    # the reference's detector keeps its exact state dict; the norms are new parts
+    extra = set(normed.state_dict()) - set(plain.state_dict())
+    assert extra == {f"stage_norm.norms.{i}.{w}" for i in range(4) for w in ("weight", "bias")}
+    assert set(plain.state_dict()) <= set(normed.state_dict())
+    normed.load_state_dict(plain.state_dict(), strict=False)
+    seen = []
+    normed.fpn.register_forward_pre_hook(lambda _, inputs: seen.append(inputs[0]))
+    rgba = torch.rand(2, 4, 32, 32, 32)
+    with torch.no_grad():
+        normed.forward_features(rgba * 100)  # a large input: the FPN sees unit scale anyway
+        stages = plain.encode(plain.embed_tokens(rgba * 100))
+    for stage, fed in zip(stages, seen[0], strict=True):
+        mean = stage.mean(1, keepdim=True)
+        expected = (stage - mean) / (stage.var(1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+        assert torch.allclose(fed, expected, atol=1e-4)
+    with pytest.raises(ValueError, match="stage_norm"):
+        DetectorConfig(stage_norm="batch")

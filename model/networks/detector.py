@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -66,6 +67,12 @@ class DetectorConfig:
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     reg_loss_weight: float = 1.0
+    stage_norm: Literal["none", "layer"] = "none"
+    """What the FPN reads. "none" (the reference): the raw stage outputs. "layer": each stage
+    output through a LayerNorm of its own (channels, at every cell), as Swin detection
+    backbones add: an MAE's deep stages come out several times larger than an untrained
+    encoder's and few-dimensional, and the FPN's top-down sums then carry them into every
+    level; normalised, each stage enters at one scale whatever initialised the encoder."""
     scale_offsets: bool = True
     """The level's learnable scale multiplies all 8 regression channels, the two OBB offsets
     too, as the reference's head does (what its published detector needs). False: only the 6
@@ -85,6 +92,9 @@ class DetectorConfig:
             raise ValueError("DetectorConfig: channels must be >= 1 and num_convs >= 0")
         if not 0.0 < self.prior_prob < 1.0:
             raise ValueError(f"DetectorConfig.prior_prob must be in (0, 1), got {self.prior_prob}")
+        if self.stage_norm not in ("none", "layer"):
+            raise ValueError(f"DetectorConfig.stage_norm={self.stage_norm!r} is not one of "
+                             "'none', 'layer'")  # fmt: skip
         if len(self.size_ranges) != 4 or any(len(r) != 2 for r in self.size_ranges):
             raise ValueError("DetectorConfig.size_ranges: expected 4 [low, high] pairs")
         self.size_ranges = [[float(lo), float(hi)] for lo, hi in self.size_ranges]
@@ -117,6 +127,18 @@ class FPN3D(nn.Module):
             up = nn.functional.interpolate(merged[0], size=lateral.shape[-3:], mode="nearest")
             merged.insert(0, lateral + up)
         return [conv(m) for conv, m in zip(self.output, merged, strict=True)]
+
+
+class StageNorm(nn.Module):
+    """A LayerNorm over the channels of each ``(B, C_i, D_i, H_i, W_i)`` stage output."""
+
+    def __init__(self, in_channels: list[int]) -> None:
+        super().__init__()
+        self.norms = nn.ModuleList(nn.LayerNorm(c) for c in in_channels)
+
+    def forward(self, features: list[Tensor]) -> list[Tensor]:
+        return [norm(f.permute(0, 2, 3, 4, 1)).permute(0, 4, 1, 2, 3)
+                for norm, f in zip(self.norms, features, strict=True)]  # fmt: skip
 
 
 class Scale(nn.Module):
@@ -197,6 +219,9 @@ class Detector(EncoderFront):
     def __init__(self, config: MAEConfig, detector: DetectorConfig) -> None:
         super().__init__(config)  # encoder, pos_embed
         self.detector = detector
+        # absent (not an identity) without it: the reference's state dict keys stay exact
+        if detector.stage_norm == "layer":
+            self.stage_norm = StageNorm(self.encoder.dims)
         self.fpn = FPN3D(self.encoder.dims, detector.channels)
         self.head = FCOSHead(detector, len(self.encoder.dims))
         self.strides = [config.patch_size * 2**i for i in range(len(self.encoder.dims))]
@@ -204,7 +229,10 @@ class Detector(EncoderFront):
 
     def forward_features(self, rgba: Tensor) -> list[Tensor]:
         """``(B, 4, S, S, S)`` -> the FPN maps, ``(B, channels, S / stride_l, ...)`` per level."""
-        return self.fpn(self.encode(self.embed_tokens(rgba)))
+        stages = self.encode(self.embed_tokens(rgba))
+        if self.detector.stage_norm == "layer":
+            stages = self.stage_norm(stages)
+        return self.fpn(stages)
 
     def forward(self, rgba: Tensor) -> HeadOutput:
         return self.head(self.forward_features(rgba))
@@ -229,6 +257,7 @@ __all__ = [
     "DetectorConfig",
     "FCOSHead",
     "HeadOutput",
+    "StageNorm",
     "flatten_levels",
     "level_locations",
 ]

@@ -65,6 +65,9 @@ class DetectConfig(FinetuneConfig):
         "--fpn-channels": Shortcut("detector_overrides", "channels", int,
                                    "FPN and head width (the reference's 256; 64 or fewer make "
                                    "CPU runs affordable)"),
+        "--stage-norm": Shortcut("detector_overrides", "stage_norm", str,
+                                 "what the FPN reads: none (the raw stage outputs, the "
+                                 "reference) | layer (each stage through its own LayerNorm)"),
     }  # fmt: skip
     trajectory_fields: ClassVar[tuple[str, ...]] = (
         *FinetuneConfig.trajectory_fields, "num_classes", "detector_overrides",
