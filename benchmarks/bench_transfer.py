@@ -26,7 +26,13 @@ rooms for both runs of a pair).
 Writes ``--out`` (every run's test figures, the paired table and ``summary``: for the
 smallest budget of the first arm and objective, ``gain_<headline>`` and ``ci95_low``) and,
 with ``--plot``, score against labelled rooms per arm. Finished runs in ``--work`` are
-reused (``--fresh`` ignores them), so separate invocations share their pretraining.
+reused (``--fresh`` ignores them), so separate invocations share their pretraining and
+their scratch runs; ``--pretrain-tag`` and ``--finetune-tag`` name the runs of other
+pretraining or fine-tuning settings apart. Pretraining can run elsewhere: ``--stage
+pretrain --pretrain-device cuda --pretrain-seconds S`` on a GPU machine
+(``benchmarks/pretrain_on_gpu.sh`` draws the rooms, runs four MAEs at once and packs them
+with ``pack_pretraining.py``); unpacked into ``--work`` here, they are fine-tuned as if
+pretrained here.
 """
 
 from __future__ import annotations
