@@ -376,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2,
                    help="CPU threads (pretraining on a GPU uses them too)")
     p.add_argument("--fresh", action="store_true", help="ignore finished runs in --work")
+    p.add_argument("--finished-only", action="store_true",
+                   help="tabulate the finished fine-tuning runs of the settings given and start "
+                        "none (pairs form where both runs of a seed exist)")
     return p
 
 
@@ -450,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
                     name = init if pseed is None else f"{init}{head}_p{pseed}"
                     out = (args.work / f"{args.task}_{arm}_d{args.data_seed}_b{budget}_s{seed}_"
                            f"{name}{protocol}")  # fmt: skip
+                    if args.finished_only and not (out / "test.pt").is_file():
+                        continue
                     result = run_finetuning(args, stores[arm], sets, budget, seed, checkpoint,
                                             out)  # fmt: skip
                     seconds["finetune"] += result["seconds"]
