@@ -309,11 +309,67 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def validation_curve(run_dir: str, key: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of the run's ``val/<key>`` (its TensorBoard scalars)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(Path(run_dir) / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    tag = f"val/{key}"
+    if tag not in events.Tags()["scalars"]:
+        return []
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def plot_curves(results: dict[str, Any], path: Path) -> None:
+    """Validation headline against fine-tuning step, one panel per arm and budget, one line
+    per run (colour by init): where each run's best checkpoint came from, and whether the
+    schedule ended before the score stopped rising."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    setup = results["setup"]
+    key, label = METRICS[setup["task"]][0]
+    panels = sorted({(r["arm"], r["budget"]) for r in results["runs"]})
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
+    inits = ["scratch", *setup["objectives"], SHUFFLED]
+    colours = dict(zip(inits, ["tab:gray", "tab:blue", "tab:orange", "tab:green", "tab:purple",
+                               "tab:red"], strict=False))  # fmt: skip
+    for ax, (arm, budget) in zip(axes[0], panels, strict=True):
+        labelled = set()
+        for run in (r for r in results["runs"] if (r["arm"], r["budget"]) == (arm, budget)):
+            curve = validation_curve(run["run_dir"], key)
+            if not curve:
+                continue
+            steps, values = zip(*curve, strict=True)
+            name = run["init"] if run["init"] == "scratch" else f"pretrained: {run['init']}"
+            ax.plot(steps, [100 * v for v in values], color=colours[run["init"]], alpha=0.8,
+                    marker=".", label=None if name in labelled else name)  # fmt: skip
+            labelled.add(name)
+            ax.plot(run["best_step"], 100 * run[f"val_{key}"], marker="*", markersize=11,
+                    color=colours[run["init"]])  # fmt: skip
+        ax.set_xlabel("fine-tuning step")
+        ax.set_ylabel(f"validation {label} (%)")
+        ax.set_title(f"textures {arm.replace('_', ' ')}, {budget} labelled rooms")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=9)
+    fig.suptitle(f"validation {label} along fine-tuning (star: the checkpoint scored on the "
+                 f"{setup['scenes']['test']} test rooms)", fontsize=11)  # fmt: skip
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", type=Path, default=Path("bench_out/transfer"))
     p.add_argument("--out", type=Path, default=Path("bench_out/bench_transfer.json"))
     p.add_argument("--plot", type=Path, help="PNG of score against labelled rooms")
+    p.add_argument("--curves", type=Path,
+                   help="PNG of each fine-tuning run's validation score against its step")
     p.add_argument("--task", choices=tuple(METRICS), default="detect")
     p.add_argument("--arms", nargs="+", choices=("independent", "by_class"),
                    default=["independent", "by_class"], help="room texture policies")
@@ -462,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
                     states[arm, budget, seed, init, pseed] = test["scene_states"]
                     runs.append({"arm": arm, "budget": budget, "seed": seed, "init": init,
                                  "pretrain_seed": pseed, "best_step": summary["best_step"],
-                                 "seconds": result["seconds"],
+                                 "seconds": result["seconds"], "run_dir": str(out),
                                  **{f"val_{k}": summary.get(f"best_val_{k}")
                                     for k in (key,)},
                                  **{k: test.get(k) for k, _ in METRICS[args.task]}})  # fmt: skip
@@ -529,6 +585,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         plot(results, args.plot)
         print(f"plot: {args.plot}")
+    if args.curves:
+        plot_curves(results, args.curves)
+        print(f"curves: {args.curves}")
     return 0
 
 
