@@ -19,16 +19,18 @@ run is paired with the scratch run of the same fine-tuning seed; the gain is the
 paired difference and its 95 % interval a bootstrap over test rooms (the same resampled
 rooms for both runs of a pair).
 
-    .venv/bin/python benchmarks/bench_transfer.py --task detect      # BENCHMARKS.md
+    .venv/bin/python benchmarks/bench_transfer.py --task detect      # BENCHMARKS.md's protocol
     .venv/bin/python benchmarks/bench_transfer.py --task detect --budgets 2 --seeds 0 \\
-        --pretrain-seeds 0 --objectives structure_first --finetune-steps 20   # a smoke run
+        --pretrain-seeds 0 --objectives structure_first --pretrain-rooms 48 \\
+        --finetune-steps 20 --eval-every 10        # a smoke run
 
 Writes ``--out`` (every run's test figures, the paired table and ``summary``: for the
 smallest budget of the first arm and objective, ``gain_<headline>`` and ``ci95_low``) and,
 with ``--plot``, score against labelled rooms per arm. Finished runs in ``--work`` are
 reused (``--fresh`` ignores them), so separate invocations share their pretraining and
 their scratch runs; ``--pretrain-tag`` and ``--finetune-tag`` name the runs of other
-pretraining or fine-tuning settings apart. Pretraining can run elsewhere: ``--stage
+pretraining or fine-tuning settings apart (a finished run whose recorded settings differ
+from the invocation's is refused, not reused). Pretraining can run elsewhere: ``--stage
 pretrain --pretrain-device cuda --pretrain-seconds S`` on a GPU machine
 (``benchmarks/pretrain_on_gpu.sh`` draws the rooms, runs four MAEs at once and packs them
 with ``pack_pretraining.py``); unpacked into ``--work`` here, they are fine-tuned as if
@@ -114,6 +116,18 @@ def write_rooms(url: str, scene_ids: list[str], resolution: int, room_config,
     return time.perf_counter() - tic
 
 
+def check_reuse(out: Path, wanted: dict[str, Any]) -> None:
+    """Refuse to reuse the finished run ``out`` if its recorded config differs from ``wanted``
+    (a run name says arm, seeds and tags, not every setting): name the setting and the way
+    out."""
+    recorded = json.loads((out / "config.json").read_text())["config"]
+    for key, value in wanted.items():
+        if key in recorded and recorded[key] != value:
+            raise SystemExit(f"{out}: finished with {key}={recorded[key]!r}, this invocation asks "
+                             f"{value!r}: name these runs apart with --pretrain-tag / "
+                             "--finetune-tag, or redo them with --fresh")  # fmt: skip
+
+
 def calibrate_steps(args, store: str, scenes: list[str], seconds: float) -> int:
     """Pretraining steps that fit ``seconds`` on ``--pretrain-device``: the slower of the
     MAE's step (forward, backward, AdamW; timed on a real batch after a warm-up) and the
@@ -157,6 +171,11 @@ def run_pretraining(args, store: str, scenes: list[str], objective: str, seed: i
                     out: Path, shuffle_targets: bool = False) -> dict[str, Any]:  # fmt: skip
     done = out / "metrics.json"
     if done.is_file() and not args.fresh:
+        if not args.pretrain_seconds:  # calibrated runs have their own step counts
+            check_reuse(out, {"max_steps": args.pretrain_steps,
+                              "batch_size": args.pretrain_batch})  # fmt: skip
+        check_reuse(out, {"scenes": scenes, "lr": args.pretrain_lr, "objective": objective,
+                          "shuffle_targets": shuffle_targets})  # fmt: skip
         metrics = json.loads(done.read_text())
         # A run made elsewhere (a GPU machine): its checkpoint is the one beside this file.
         metrics["checkpoint"] = str(out / "checkpoints" / Path(metrics["checkpoint"]).name)
@@ -189,10 +208,14 @@ def run_finetuning(args, store: str, sets: dict[str, list[str]], budget: int, se
     """One fine-tuning run, its best checkpoint on the validation rooms scored on the test
     rooms (with each test room's metric state, for the bootstrap)."""
     done = out / "test.pt"
-    if done.is_file() and not args.fresh:
-        return torch.load(done, weights_only=False)
     labelled = sets["pool"][:budget]
     batch = min(args.finetune_batch, budget)
+    if done.is_file() and not args.fresh:
+        check_reuse(out, {"max_steps": args.finetune_steps, "lr": args.finetune_lr,
+                          "carried_lr_scale": args.carried_lr_scale,
+                          "frozen_warmup": args.frozen_warmup, "eval_every": args.eval_every,
+                          "train_scenes": labelled, "batch_size": batch, "seed": seed})  # fmt: skip
+        return torch.load(done, weights_only=False)
     steps_per_epoch = budget // batch
     extra = ({"detector_overrides": {"channels": args.fpn_channels,
                                      "stage_norm": args.stage_norm}}
@@ -388,7 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="detect: what the FPN reads (DetectorConfig.stage_norm)")
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--preset", default="tiny")
-    p.add_argument("--pretrain-rooms", type=int, default=48)
+    p.add_argument("--pretrain-rooms", type=int, default=1024,
+                   help="unlabelled rooms the MAEs pretrain on (the first round: 48)")
     p.add_argument("--pool-rooms", type=int, default=16)
     p.add_argument("--val-rooms", type=int, default=8)
     p.add_argument("--test-rooms", type=int, default=48)
@@ -418,7 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "16-voxel blocks at 160^3 scaled to 64^3)")
     p.add_argument("--probe-every", type=int, default=200,
                    help="pretraining checkpoints kept for bench_probe.py")
-    p.add_argument("--finetune-steps", type=int, default=200)
+    p.add_argument("--finetune-steps", type=int, default=500,
+                   help="long enough for scratch runs to plateau at 2 rooms (the first round: 200)")
     p.add_argument("--finetune-batch", type=int, default=4)
     p.add_argument("--finetune-lr", type=float, default=1e-3)
     p.add_argument("--finetune-tag", default="",
@@ -426,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "they share --work with this benchmark's")
     p.add_argument("--carried-lr-scale", type=float, default=0.3)
     p.add_argument("--frozen-warmup", type=float, default=0.1)
-    p.add_argument("--eval-every", type=int, default=25,
+    p.add_argument("--eval-every", type=int, default=50,
                    help="fine-tuning steps between validations (best-checkpoint choices)")
     p.add_argument("--bootstrap", type=int, default=500, help="bootstrap draws")
     p.add_argument("--threads", type=int, default=2,

@@ -98,3 +98,12 @@ def test_a_pretraining_run_packed_elsewhere_is_reused_with_its_own_checkpoint(be
     args = bench.build_parser().parse_args([])
     metrics = bench.run_pretraining(args, "", [], "structure_first", 0, folder)
     assert metrics["checkpoint"] == str(folder / "checkpoints" / "step_000030.pt")
+
+
+def test_a_finished_run_of_other_settings_is_refused_by_name(bench, tmp_path):
+    run = tmp_path / "detect_independent_d0_b2_s0_scratch"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"config": {"max_steps": 200, "lr": 1e-3}}))
+    bench.check_reuse(run, {"max_steps": 200, "lr": 1e-3, "not_recorded": 1})
+    with pytest.raises(SystemExit, match="max_steps=200, this invocation asks 500.*--finetune-tag"):
+        bench.check_reuse(run, {"max_steps": 500, "lr": 1e-3})
