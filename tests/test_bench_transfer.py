@@ -77,7 +77,10 @@ def test_a_pretraining_run_packed_elsewhere_is_reused_with_its_own_checkpoint(be
         save_checkpoint(checkpoint, run / "checkpoints")
     remote = str(run / "checkpoints" / "step_000030.pt")
     (run / "metrics.json").write_text(json.dumps({"steps": 30, "checkpoint": remote}))
-    (run / "config.json").write_text("{}")
+    scenes = ["room010000", "room010001", "room010002"]
+    (run / "config.json").write_text(json.dumps({"config": {
+        "scenes": scenes, "max_steps": 30, "batch_size": 4, "lr": 1e-3,
+        "objective": "structure_first", "shuffle_targets": False}}))  # fmt: skip
 
     packed = load("pack_pretraining").pack_run(run, tmp_path / "out", 2**30)
     here = tmp_path / "work"
@@ -95,9 +98,11 @@ def test_a_pretraining_run_packed_elsewhere_is_reused_with_its_own_checkpoint(be
         assert torch.equal(last["model"][name], tensor)
         assert middle["model"][name].dtype == torch.float16
     # a bench run on this machine takes the run as done, with the checkpoint beside it
-    args = bench.build_parser().parse_args([])
-    metrics = bench.run_pretraining(args, "", [], "structure_first", 0, folder)
+    args = bench.build_parser().parse_args(["--pretrain-steps", "30"])
+    metrics = bench.run_pretraining(args, "", scenes, "structure_first", 0, folder)
     assert metrics["checkpoint"] == str(folder / "checkpoints" / "step_000030.pt")
+    with pytest.raises(SystemExit, match="objective='structure_first'"):  # not the run asked
+        bench.run_pretraining(args, "", scenes, "paper", 0, folder)
 
 
 def test_a_finished_run_of_other_settings_is_refused_by_name(bench, tmp_path):
