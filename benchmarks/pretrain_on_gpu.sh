@@ -5,7 +5,8 @@
 #   benchmarks/pretrain_on_gpu.sh OUT [SECONDS_EACH] [ROOMS]      # on a CUDA machine
 #   for t in OUT/pretrain_*.tar; do tar -xf $t -C bench_out/t23b; done
 #   .venv/bin/python benchmarks/bench_transfer.py --work bench_out/t23b --arms independent \
-#       --pretrain-rooms ROOMS --pretrain-batch 8 --pretrain-tag gpu ...   # here, on the CPU
+#       --pretrain-rooms ROOMS --pretrain-batch 8 --pretrain-tag gpu \
+#       --pretrain-seconds SECONDS_EACH ...                  # here, on the CPU: fine-tuning
 #
 # Draws ROOMS (default 1536) class-independent pretraining rooms with the benchmark's seeds,
 # then pretrains four tiny MAEs at once (structure_first and paper, pretraining seeds 0 and
