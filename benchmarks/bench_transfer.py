@@ -99,20 +99,21 @@ def write_rooms(url: str, scene_ids: list[str], resolution: int, room_config,
     todo = [scene for scene in scene_ids if scene not in have]
     if todo:  # the first alone: it creates the store's groups
         write_room(todo.pop(0), url, resolution, room_config)
-    if workers and todo:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-        from functools import partial
+    if not workers:
+        for scene in todo:
+            write_room(scene, url, resolution, room_config)
+        return time.perf_counter() - tic
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
 
-        write = partial(write_room, url=url, resolution=resolution, room_config=room_config)
-        # spawn: a forked child inherits zarr's event-loop thread stopped, and hangs on it
-        spawn = multiprocessing.get_context("spawn")
-        # one thread each: a worker's default threads oversubscribe the cores many times over
-        with ProcessPoolExecutor(workers, mp_context=spawn, initializer=torch.set_num_threads,
-                                 initargs=(1,)) as pool:  # fmt: skip
-            list(pool.map(write, todo, chunksize=8))
-    for scene in todo if not workers else []:
-        write_room(scene, url, resolution, room_config)
+    write = partial(write_room, url=url, resolution=resolution, room_config=room_config)
+    # spawn: a forked child inherits zarr's event-loop thread stopped, and hangs on it
+    spawn = multiprocessing.get_context("spawn")
+    # one thread each: a worker's default threads oversubscribe the cores many times over
+    with ProcessPoolExecutor(workers, mp_context=spawn, initializer=torch.set_num_threads,
+                             initargs=(1,)) as pool:  # fmt: skip
+        list(pool.map(write, todo, chunksize=8))
     return time.perf_counter() - tic
 
 
@@ -171,11 +172,11 @@ def run_pretraining(args, store: str, scenes: list[str], objective: str, seed: i
                     out: Path, shuffle_targets: bool = False) -> dict[str, Any]:  # fmt: skip
     done = out / "metrics.json"
     if done.is_file() and not args.fresh:
+        wanted = {"scenes": scenes, "lr": args.pretrain_lr, "objective": objective,
+                  "shuffle_targets": shuffle_targets}  # fmt: skip
         if not args.pretrain_seconds:  # calibrated runs have their own step counts
-            check_reuse(out, {"max_steps": args.pretrain_steps,
-                              "batch_size": args.pretrain_batch})  # fmt: skip
-        check_reuse(out, {"scenes": scenes, "lr": args.pretrain_lr, "objective": objective,
-                          "shuffle_targets": shuffle_targets})  # fmt: skip
+            wanted |= {"max_steps": args.pretrain_steps, "batch_size": args.pretrain_batch}
+        check_reuse(out, wanted)
         metrics = json.loads(done.read_text())
         # A run made elsewhere (a GPU machine): its checkpoint is the one beside this file.
         metrics["checkpoint"] = str(out / "checkpoints" / Path(metrics["checkpoint"]).name)
