@@ -123,7 +123,8 @@ def check_reuse(out: Path, wanted: dict[str, Any]) -> None:
     out."""
     recorded = json.loads((out / "config.json").read_text())["config"]
     for key, value in wanted.items():
-        if key in recorded and recorded[key] != value:
+        # a setting newer than the run is absent from its config: it ran with the default None
+        if (key in recorded or value is not None) and recorded.get(key) != value:
             raise SystemExit(f"{out}: finished with {key}={recorded[key]!r}, this invocation asks "
                              f"{value!r}: name these runs apart with --pretrain-tag / "
                              "--finetune-tag, or redo them with --fresh")  # fmt: skip
@@ -215,6 +216,7 @@ def run_finetuning(args, store: str, sets: dict[str, list[str]], budget: int, se
         check_reuse(out, {"max_steps": args.finetune_steps, "lr": args.finetune_lr,
                           "carried_lr_scale": args.carried_lr_scale,
                           "frozen_warmup": args.frozen_warmup, "eval_every": args.eval_every,
+                          "carried_stages": args.carried_stages,
                           "train_scenes": labelled, "batch_size": batch, "seed": seed})  # fmt: skip
         return torch.load(done, weights_only=False)
     steps_per_epoch = budget // batch
@@ -227,7 +229,7 @@ def run_finetuning(args, store: str, sets: dict[str, list[str]], budget: int, se
         train_scenes=labelled, epochs=math.ceil(args.finetune_steps / steps_per_epoch),
         max_steps=args.finetune_steps, batch_size=batch, lr=args.finetune_lr,
         carried_lr_scale=args.carried_lr_scale, frozen_warmup=args.frozen_warmup,
-        augment=True, num_workers=0, log_every=10, eval_every=args.eval_every,
+        carried_stages=args.carried_stages, augment=True, num_workers=0, log_every=10, eval_every=args.eval_every,
         checkpoint_every=10**9, keep_checkpoints=1, seed=seed, device="cpu",
         **({"pretrained": pretrained} if pretrained else {"scratch": True}), **extra,
     )  # fmt: skip
@@ -452,6 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "they share --work with this benchmark's")
     p.add_argument("--carried-lr-scale", type=float, default=0.3)
     p.add_argument("--frozen-warmup", type=float, default=0.1)
+    p.add_argument("--carried-stages", type=int, default=None,
+                   help="encoder stages the pretrained runs carry (the patch embedding and the "
+                        "first k; default all); scratch runs train the same split of rates")
     p.add_argument("--eval-every", type=int, default=50,
                    help="fine-tuning steps between validations (best-checkpoint choices)")
     p.add_argument("--bootstrap", type=int, default=500, help="bootstrap draws")

@@ -362,3 +362,35 @@ def test_size_ranges_scale_to_the_input_grid_only_when_asked():
     scaled = DetectConfig(**base, scale_size_ranges=True).detector_config(64).size_ranges
     expected = [-1, 6.4, 6.4, 12.8, 12.8, 25.6, 25.6, 1e6]  # 64/160 of the reference's
     assert [bound for pair in scaled for bound in pair] == pytest.approx(expected)
+
+
+def test_carried_stages_loads_the_embedding_and_first_stages_only(stores, pretrained, tmp_path):
+    from model.checkpoints.transfer import CARRIED_PREFIXES, first_stages
+
+    assert first_stages(CARRIED_PREFIXES, None) == CARRIED_PREFIXES
+    assert first_stages({"encoder.": "encoder."}, 2) == {
+        "encoder.patch_embed.": "encoder.patch_embed.",
+        "encoder.patch_norm.": "encoder.patch_norm.",
+        "encoder.stages.0.": "encoder.stages.0.", "encoder.stages.1.": "encoder.stages.1.",
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="carried_stages"):
+        _config(stores, tmp_path / "bad", scratch=True, carried_stages=5)
+
+    def initial(**init) -> tuple[dict, SemanticsTask]:
+        task = SemanticsTask(_config(stores, tmp_path / "c", carried_stages=1, **init), CPU)
+        task.check_scenes(ROOMS)
+        torch.manual_seed(0)
+        return task.build_model().state_dict(), task
+
+    warm, task = initial(pretrained=pretrained)
+    cold, scratch_task = initial(scratch=True)
+    source = load_checkpoint(pretrained)["model"]
+    carried = ("encoder.patch_embed.", "encoder.patch_norm.", "encoder.stages.0.")
+    loaded = [n for n in warm if not torch.equal(warm[n], cold[n])]
+    assert loaded and all(n.startswith(carried) for n in loaded)
+    assert all(torch.equal(warm[n], source[n]) for n in warm if n.startswith(carried))
+    assert task.transfer["loaded"] == sum(1 for n in source if n.startswith(carried))
+    assert any(n.startswith("encoder.stages.3.") for n in task.transfer["fresh"])
+    assert "decoder4.up.weight" in warm and not any(n.startswith("decoder") for n in loaded)
+    names = [n for n, _ in scratch_task.carried_parameters(scratch_task.make_network())]
+    assert names and all(n.startswith(carried) for n in names)

@@ -44,6 +44,29 @@ CARRIED_PREFIXES = {
 ENCODER_ONLY = {"encoder.": "encoder."}
 """The detector's share of a checkpoint: NeRF-RPN's FPN and head start from scratch."""
 
+ENCODER_STAGES = 4
+"""Swin stages of every preset's encoder (``MAEConfig`` refuses other counts)."""
+
+
+def first_stages(prefixes: dict[str, str], stages: int | None) -> dict[str, str]:
+    """``prefixes`` cut to the patch embedding and the first ``stages`` encoder stages.
+
+    ``None`` (or all four stages) returns ``prefixes`` unchanged. Fewer stages carry only
+    those encoder tensors (a transfer of the early layers, the usual cure when a
+    pretrained network's later layers suit the new task less than random ones do); the
+    decoder blocks then start fresh too, since each reads a stage that no longer carries.
+    """
+    if stages is None or stages == ENCODER_STAGES:
+        return dict(prefixes)
+    if not 0 <= stages < ENCODER_STAGES:
+        raise ValueError(f"carried_stages={stages}: must be in 0..{ENCODER_STAGES} or None")
+    if "encoder." not in prefixes:
+        raise ValueError(f"carried_stages={stages}: these prefixes carry no encoder: "
+                         f"{sorted(prefixes)}")
+    target = prefixes["encoder."]
+    parts = ["patch_embed.", "patch_norm.", *(f"stages.{i}." for i in range(stages))]
+    return {f"encoder.{part}": f"{target}{part}" for part in parts}
+
 
 @dataclass
 class TransferReport:

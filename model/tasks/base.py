@@ -36,7 +36,12 @@ from torch import nn
 from grid_store import GridStore
 from grid_store.dataset import GridDataset
 from model.checkpoints.reading import read_checkpoint
-from model.checkpoints.transfer import CARRIED_PREFIXES, load_pretrained
+from model.checkpoints.transfer import (
+    CARRIED_PREFIXES,
+    ENCODER_STAGES,
+    first_stages,
+    load_pretrained,
+)
 from model.inference.windows import overlap_voxels
 from model.networks.mae import MAEConfig
 from model.networks.presets import get_config, list_presets
@@ -58,7 +63,7 @@ class FinetuneConfig(TrainingConfig):
     trajectory_fields: ClassVar[tuple[str, ...]] = (
         *TrainingConfig.trajectory_fields, "pretrained", "scratch", "train_scenes",
         "label_fraction", "allow_resolution_change", "freeze_pretrained", "carried_lr_scale",
-        "frozen_warmup",
+        "frozen_warmup", "carried_stages",
     )  # fmt: skip
 
     pretrained: str | None = None
@@ -83,6 +88,10 @@ class FinetuneConfig(TrainingConfig):
     frozen_warmup: float = 0.0
     """Share of the optimiser steps during which the carried weights stay frozen while the
     new parts learn to read them; then they train at ``carried_lr_scale x`` the schedule."""
+    carried_stages: int | None = None
+    """Encoder stages the checkpoint sets: the patch embedding and the first k of the four
+    (``None``: all, with the decoder blocks the task carries). Later stages start fresh and
+    count as new parts (full rate, never frozen), in scratch runs alike."""
     window_overlap: float = 0.5
     """Validation of a grid larger than the model's cube (and ``nerfmae detect`` /
     ``evaluate`` of it) reads the whole room through cubes overlapping by this share of
@@ -106,6 +115,8 @@ class FinetuneConfig(TrainingConfig):
             self.fail("carried_lr_scale", "must be > 0")
         if not 0.0 <= self.frozen_warmup < 1.0:
             self.fail("frozen_warmup", "must be in [0, 1)")
+        if self.carried_stages is not None and not 0 <= self.carried_stages <= ENCODER_STAGES:
+            self.fail("carried_stages", f"must be in 0..{ENCODER_STAGES} or None (all)")
         if not 0.0 <= self.window_overlap < 1.0:
             self.fail("window_overlap", "must be in [0, 1)")
 
@@ -172,8 +183,13 @@ class DenseTask(EncoderTask):
     checkpoint (the tensors of :attr:`carried_prefixes`) or from scratch."""
 
     carried_prefixes: ClassVar[dict[str, str]] = CARRIED_PREFIXES
-    """Checkpoint prefix -> network prefix of what pretraining sets (and
+    """Checkpoint prefix -> network prefix of what pretraining can set (and
     ``freeze_pretrained`` freezes)."""
+
+    @property
+    def carried(self) -> dict[str, str]:
+        """What this run carries: :attr:`carried_prefixes` cut to ``carried_stages``."""
+        return first_stages(self.carried_prefixes, self.config.carried_stages)
 
     def __init__(self, config: FinetuneConfig, ctx: DistributedContext) -> None:
         self.config = config
@@ -241,7 +257,7 @@ class DenseTask(EncoderTask):
             report = load_pretrained(
                 model, self.pretrained,
                 allow_resolution_change=self.config.allow_resolution_change,
-                prefixes=self.carried_prefixes,
+                prefixes=self.carried,
             )  # fmt: skip
             logger.info("initialised from %s", report.summary())
             self.transfer = {"summary": report.summary(), "loaded": len(report.loaded),
@@ -254,7 +270,7 @@ class DenseTask(EncoderTask):
 
     def carried_parameters(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
         """The parameters pretraining sets (in scratch runs too: the same tensors)."""
-        prefixes = tuple(self.carried_prefixes.values())
+        prefixes = tuple(self.carried.values())
         return [(n, p) for n, p in model.named_parameters() if n.startswith(prefixes)]
 
     def freeze(self, model: nn.Module) -> None:
