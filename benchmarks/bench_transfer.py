@@ -117,15 +117,22 @@ def write_rooms(url: str, scene_ids: list[str], resolution: int, room_config,
     return time.perf_counter() - tic
 
 
+NEWER_SETTINGS = {"carried_stages": None, "network": "skip"}
+"""Fine-tuning settings younger than some runs in a work folder: a run whose config lacks
+one ran with this value."""
+
+
 def check_reuse(out: Path, wanted: dict[str, Any]) -> None:
     """Refuse to reuse the finished run ``out`` if its recorded config differs from ``wanted``
     (a run name says arm, seeds and tags, not every setting): name the setting and the way
     out."""
     recorded = json.loads((out / "config.json").read_text())["config"]
     for key, value in wanted.items():
-        # a setting newer than the run is absent from its config: it ran with the default None
-        if (key in recorded or value is not None) and recorded.get(key) != value:
-            raise SystemExit(f"{out}: finished with {key}={recorded[key]!r}, this invocation asks "
+        if key not in recorded and key not in NEWER_SETTINGS:
+            continue
+        ran = recorded.get(key, NEWER_SETTINGS.get(key))
+        if ran != value:
+            raise SystemExit(f"{out}: finished with {key}={ran!r}, this invocation asks "
                              f"{value!r}: name these runs apart with --pretrain-tag / "
                              "--finetune-tag, or redo them with --fresh")  # fmt: skip
 
@@ -217,12 +224,14 @@ def run_finetuning(args, store: str, sets: dict[str, list[str]], budget: int, se
                           "carried_lr_scale": args.carried_lr_scale,
                           "frozen_warmup": args.frozen_warmup, "eval_every": args.eval_every,
                           "carried_stages": args.carried_stages,
+                          **({"network": args.semantic_network}
+                             if args.task == "semantics" else {}),
                           "train_scenes": labelled, "batch_size": batch, "seed": seed})  # fmt: skip
         return torch.load(done, weights_only=False)
     steps_per_epoch = budget // batch
     extra = ({"detector_overrides": {"channels": args.fpn_channels,
                                      "stage_norm": args.stage_norm}}
-             if args.task == "detect" else {})  # fmt: skip
+             if args.task == "detect" else {"network": args.semantic_network})  # fmt: skip
     config = make_config(
         args.task, store_url=store, out_dir=str(out), preset=args.preset,
         resolution=args.resolution, scenes=labelled + sets["val"], val_scenes=sets["val"],
@@ -412,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="detect: FPN and head width (reference: 256)")
     p.add_argument("--stage-norm", choices=("none", "layer"), default="none",
                    help="detect: what the FPN reads (DetectorConfig.stage_norm)")
+    p.add_argument("--semantic-network", choices=("skip", "encoder_path"), default="skip",
+                   help="semantics: the body under the head (SemanticsConfig.network; "
+                        "encoder_path has no full-resolution input skip)")
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--preset", default="tiny")
     p.add_argument("--pretrain-rooms", type=int, default=1024,

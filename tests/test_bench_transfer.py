@@ -112,3 +112,7 @@ def test_a_finished_run_of_other_settings_is_refused_by_name(bench, tmp_path):
     bench.check_reuse(run, {"max_steps": 200, "lr": 1e-3, "not_recorded": 1})
     with pytest.raises(SystemExit, match="max_steps=200, this invocation asks 500.*--finetune-tag"):
         bench.check_reuse(run, {"max_steps": 500, "lr": 1e-3})
+    # a setting younger than the run: its absence means the default, and only the default
+    bench.check_reuse(run, {"carried_stages": None, "network": "skip"})
+    with pytest.raises(SystemExit, match="carried_stages=None, this invocation asks 1"):
+        bench.check_reuse(run, {"carried_stages": 1})

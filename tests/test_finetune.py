@@ -394,3 +394,34 @@ def test_carried_stages_loads_the_embedding_and_first_stages_only(stores, pretra
     assert "decoder4.up.weight" in warm and not any(n.startswith("decoder") for n in loaded)
     names = [n for n, _ in scratch_task.carried_parameters(scratch_task.make_network())]
     assert names and all(n.startswith(carried) for n in names)
+
+
+def test_encoder_path_semantics_reads_every_label_through_the_encoder(stores, pretrained,
+                                                                      tmp_path):  # fmt: skip
+    from model import load_model
+    from model.networks.skip_net import EncoderPathNet
+    from model.tasks.evaluation import evaluate_checkpoint
+
+    run = tmp_path / "encoder_path"
+    summary = finetune(_config(stores, run, pretrained=pretrained, network="encoder_path",
+                               epochs=1, eval_every=1))  # fmt: skip
+    fresh = summary["transfer"]["fresh"]
+    assert {"head.weight", "pos_embed"} <= set(fresh)
+    assert all(n.startswith(("decoder1.", "head.", "pos_embed")) for n in fresh)
+    assert summary["transfer"]["loaded"] == sum(
+        1 for n in load_checkpoint(pretrained)["model"]
+        if n.startswith(("encoder.", "decoder.decoder4.", "decoder.decoder3.",
+                         "decoder.decoder2."))
+    )  # fmt: skip
+    model = load_model(summary["best_checkpoint"])
+    assert isinstance(model, EncoderPathNet) and not hasattr(model, "encoder1")
+    again = evaluate_checkpoint(summary["best_checkpoint"], ["room3"])
+    assert again["miou"] == pytest.approx(summary["best_val_miou"], abs=1e-6)
+    # no path around the encoder: with its stages' outputs fixed, the input changes nothing
+    grids = torch.rand(2, 4, 32, 32, 32)
+    fixed = model.encode(model.embed_tokens(grids[:1]))
+    model.encode = lambda tokens: fixed
+    with torch.no_grad():
+        assert torch.equal(model(grids[:1]), model(grids[1:]))
+    with pytest.raises(ValueError, match="network"):
+        _config(stores, tmp_path / "bad", scratch=True, network="unet")

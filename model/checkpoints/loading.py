@@ -39,7 +39,7 @@ def _split_overrides(checkpoint: Checkpoint, overrides: dict[str, Any]):
             mae[name] = value
         elif checkpoint.task == "detect" and name in detector_fields:
             detector[name] = value
-        elif name in ("num_classes", "scale"):
+        elif name in ("num_classes", "scale", "semantic_network"):
             network[name] = value
         else:
             raise ValueError(f"{name}: not a setting of this {checkpoint.task} network "
@@ -59,7 +59,8 @@ def build_network(checkpoint: Checkpoint, **overrides: Any) -> nn.Module:
     if checkpoint.task == "detect":
         return Detector(config, DetectorConfig(**{**checkpoint.detector_config, **detector_over}))
     if checkpoint.task == "semantics":
-        return build_semantic_net(config, int(network["num_classes"]))
+        return build_semantic_net(config, int(network["num_classes"]),
+                                  network.get("semantic_network", "skip"))
     if checkpoint.task == "superres":
         if "scale" not in network:
             raise ValueError(f"{checkpoint.path}: model_config.scale: not recorded (a "

@@ -64,8 +64,8 @@ class Checkpoint:
     detector_config: dict[str, Any] | None = None
     """:class:`~model.networks.detector.DetectorConfig` fields (detection only)."""
     network: dict[str, Any] = field(default_factory=dict)
-    """What else builds the network (``num_classes`` of a semantic head, ``scale`` of a
-    super-resolution head)."""
+    """What else builds the network (``num_classes`` of a semantic head and
+    ``semantic_network`` of its body, ``scale`` of a super-resolution head)."""
     alpha_step: float | None = None
     """The opacity convention the network was trained on (see
     :attr:`model.training.config.TrainingConfig.alpha_step`): grids meet it re-expressed
@@ -128,7 +128,8 @@ def read_checkpoint(path: str | Path, trusted: bool = False) -> Checkpoint:
 def _ours(path: str, content: dict[str, Any]) -> Checkpoint:
     saved = dict(content.get("model_config") or {})
     detector = saved.pop("detector", None)
-    network = {key: saved.pop(key) for key in ("network", "num_classes", "scale")
+    network = {key: saved.pop(key)
+               for key in ("network", "num_classes", "scale", "semantic_network")
                if key in saved}  # fmt: skip
     alpha_step = saved.pop("alpha_step", None)
     class_names = saved.pop("class_names", None)

@@ -15,6 +15,11 @@ The reference's voxel semantics and super-resolution models (facts section 6.2-6
 The head is passed in (composition, not a switch). Names follow the MAE's, so a pretraining
 checkpoint's ``encoder.*`` and ``decoder.decoder{4,3,2}.*`` map onto ``encoder.*`` and
 ``decoder{4,3,2}.*`` here (:mod:`model.checkpoints.transfer`).
+
+:class:`EncoderPathNet` is the same body without ``encoder1``: every output voxel is read
+from the encoder's tokens (the MAE's own reconstruction path, a new ``decoder1`` and head).
+The reference's full-resolution skip lets a network label voxels from their own colour and
+opacity whatever its encoder holds; without it a fine-tuning comparison measures the encoder.
 """
 
 from __future__ import annotations
@@ -54,6 +59,35 @@ class SkipNet(SkipUpsampling, EncoderFront):
         return self.head(self.forward_features(rgba))
 
 
+class EncoderPathNet(SkipUpsampling, EncoderFront):
+    """``(B, 4, S, S, S)`` padded RGBA -> ``head`` of ``(B, C/2, S, S, S)`` features decoded
+    from the encoder's stages alone (no full-resolution skip of the input).
+
+    Args:
+        config: the encoder's architecture, as for :class:`SkipNet`.
+        head: maps ``(B, C/2, S, S, S)`` features to the task's output.
+    """
+
+    def __init__(self, config: MAEConfig, head: nn.Module) -> None:
+        super().__init__(config)  # encoder, pos_embed
+        dims = self.encoder.dims
+        self.add_skip_upsampling(dims)
+        self.decoder1 = UpBlock(dims[0], dims[0] // 2, config.patch_size, skip=False)
+        self.head = head
+        self.to(memory_format=CL3D)
+
+    def forward_features(self, rgba: Tensor) -> Tensor:
+        """``(B, 4, S, S, S)`` -> ``(B, C/2, S, S, S)`` features from the tokens alone."""
+        return self.decoder1(self.skip_upsample(self.encode(self.embed_tokens(rgba))))
+
+    def forward(self, rgba: Tensor) -> Tensor:
+        return self.head(self.forward_features(rgba))
+
+
+SEMANTIC_NETWORKS = {"skip": SkipNet, "encoder_path": EncoderPathNet}
+"""``SemanticsConfig.network`` -> the body under the semantic head."""
+
+
 def semantic_head(in_channels: int, num_classes: int) -> nn.Module:
     """``(B, C, S, S, S)`` -> ``(B, K, S, S, S)`` class logits (the reference's ``sem_out``)."""
     return nn.Conv3d(in_channels, num_classes, 1)
@@ -74,11 +108,16 @@ class SuperResolutionHead(nn.Module):
         return self.out(up)
 
 
-def build_semantic_net(config: MAEConfig, num_classes: int) -> SkipNet:
-    """The semantic-labelling network for ``num_classes`` labels (0 = void included)."""
+def build_semantic_net(
+    config: MAEConfig, num_classes: int, network: str = "skip"
+) -> SkipNet | EncoderPathNet:
+    """The semantic-labelling network for ``num_classes`` labels (0 = void included), on the
+    body ``network`` names (:data:`SEMANTIC_NETWORKS`; the reference's is ``"skip"``)."""
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2 (void and one class), got {num_classes}")
-    return SkipNet(config, semantic_head(config.embed_dim // 2, num_classes))
+    if network not in SEMANTIC_NETWORKS:
+        raise ValueError(f"network={network!r} is not one of {', '.join(SEMANTIC_NETWORKS)}")
+    return SEMANTIC_NETWORKS[network](config, semantic_head(config.embed_dim // 2, num_classes))
 
 
 def build_superres_net(config: MAEConfig, scale: float) -> SkipNet:
@@ -89,6 +128,8 @@ def build_superres_net(config: MAEConfig, scale: float) -> SkipNet:
 
 
 __all__ = [
+    "SEMANTIC_NETWORKS",
+    "EncoderPathNet",
     "SkipNet",
     "SuperResolutionHead",
     "build_semantic_net",

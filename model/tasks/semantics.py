@@ -1,7 +1,9 @@
 """Semantic voxel labelling as a training task (facts section 6.2).
 
 The network is the skip architecture (:func:`model.networks.skip_net.build_semantic_net`) with K
-classes, 0 = void. The loss is cross-entropy weighted per class with weights computed from
+classes, 0 = void; ``network="encoder_path"`` drops its full-resolution input skip, so that
+every label is read from the encoder (what a pretrained-against-scratch comparison should
+measure). The loss is cross-entropy weighted per class with weights computed from
 the labelled training scenes' label counts (:func:`model.metrics.semantic.class_weights`;
 the reference's weight files were never published) and saved with the run; void voxels and
 the padding (stored as void) are ignored outright, where the reference only down-weights
@@ -26,7 +28,7 @@ from torch import nn
 from grid_store.dataset import real_extent
 from model.inference.windows import needs_windows, stitch_dense
 from model.metrics.semantic import VOID, SemanticMetrics, class_weights, label_counts
-from model.networks.skip_net import build_semantic_net
+from model.networks.skip_net import SEMANTIC_NETWORKS, build_semantic_net
 from model.pictures.dense import save_label_slices
 from model.tasks.base import DenseTask, FinetuneConfig
 from model.training.steps import autocast
@@ -42,16 +44,22 @@ class SemanticsConfig(FinetuneConfig):
 
     task = "semantics"
     trajectory_fields: ClassVar[tuple[str, ...]] = (
-        *FinetuneConfig.trajectory_fields, "num_classes",
+        *FinetuneConfig.trajectory_fields, "num_classes", "network",
     )  # fmt: skip
 
     num_classes: int | None = None
     """Classes including void (``None``: as many as the stored ``semantic_classes``)."""
+    network: str = "skip"
+    """The body under the head (:data:`~model.networks.skip_net.SEMANTIC_NETWORKS`): "skip"
+    (the reference's, with a full-resolution skip of the input voxels) or "encoder_path"
+    (no input skip: every label comes through the encoder)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.num_classes is not None and self.num_classes < 2:
             self.fail("num_classes", "must be >= 2 (void and one class) or None")
+        if self.network not in SEMANTIC_NETWORKS:
+            self.fail("network", f"must be one of {', '.join(SEMANTIC_NETWORKS)}")
 
 
 def weighted_cross_entropy(
@@ -143,11 +151,11 @@ class SemanticsTask(DenseTask):
         return {**super().probe_batch(micro_batch, device), "semantic": semantic}
 
     def make_network(self) -> nn.Module:
-        return build_semantic_net(self.mae_config, self.num_classes)
+        return build_semantic_net(self.mae_config, self.num_classes, self.config.network)
 
     def model_config(self) -> dict[str, Any]:
         return {**super().model_config(), "num_classes": self.num_classes,
-                "class_names": self.class_names}
+                "semantic_network": self.config.network, "class_names": self.class_names}
 
     def losses(self, model, batch, device):
         logits = model(batch["rgba"].to(device, non_blocking=True))  # (B, K, S, S, S)
