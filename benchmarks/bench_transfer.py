@@ -238,7 +238,8 @@ def run_finetuning(args, store: str, sets: dict[str, list[str]], budget: int, se
         train_scenes=labelled, epochs=math.ceil(args.finetune_steps / steps_per_epoch),
         max_steps=args.finetune_steps, batch_size=batch, lr=args.finetune_lr,
         carried_lr_scale=args.carried_lr_scale, frozen_warmup=args.frozen_warmup,
-        carried_stages=args.carried_stages, augment=True, num_workers=0, log_every=10, eval_every=args.eval_every,
+        carried_stages=args.carried_stages, augment=True, num_workers=0, log_every=10,
+        eval_every=args.eval_every,
         checkpoint_every=10**9, keep_checkpoints=1, seed=seed, device="cpu",
         **({"pretrained": pretrained} if pretrained else {"scratch": True}), **extra,
     )  # fmt: skip
