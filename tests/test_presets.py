@@ -47,7 +47,9 @@ def test_downstream_networks_share_the_preset_encoder(name):
     with torch.device("meta"):  # shapes only: no memory for swin_s
         mae = build_mae(config)
         encoder_keys = {k: v.shape for k, v in mae.state_dict().items() if k.startswith("encoder.")}
-        for network in (build_semantic_net(config, 5), Detector(config, DetectorConfig())):
+        for network in (build_semantic_net(config, 5),
+                        build_semantic_net(config, 5, "encoder_path"),
+                        Detector(config, DetectorConfig())):  # fmt: skip
             own = {k: v.shape for k, v in network.state_dict().items()
                    if k.startswith("encoder.")}  # fmt: skip
             assert own == encoder_keys
