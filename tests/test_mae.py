@@ -7,6 +7,7 @@ import time
 
 import pytest
 import torch
+from einops import rearrange
 
 from model import MAEConfig, build_mae, list_presets
 from model.networks.pos_embed import sincos_3d
@@ -244,3 +245,42 @@ def test_bottleneck_head_reads_only_the_deepest_stage():
         deep = model.decoder(feats[:3] + [torch.randn(feats[3].shape, generator=g)])
     assert pred.shape == (1, 4, 32, 32, 32)
     assert torch.equal(pred, shallow) and not torch.allclose(pred, deep)
+
+
+def test_channel_correlation_is_the_rank_the_probes_report():
+    from model.networks.mae import channel_correlation
+    from model.probing.rank import effective_rank
+
+    g = torch.Generator().manual_seed(0)
+    one = torch.randn(2, 1, 4, 4, 4, generator=g)
+    same = torch.cat([one, -2 * one, 3 * one], dim=1)  # one signal, three channels
+    assert channel_correlation(same).item() == pytest.approx(1.0, abs=1e-4)
+    # two channels with correlation 0.6 by construction: (0.6^2 + 0.6^2) / (2 * 1)
+    a, b = torch.randn(2, 20_000, generator=g)
+    pair = torch.stack([a, 0.6 * a + 0.8 * b]).reshape(1, 2, 20_000, 1, 1)
+    assert channel_correlation(pair).item() == pytest.approx(0.36, abs=0.02)
+    feats = torch.randn(2, 6, 5, 5, 5, generator=g)
+    feats[:, 3:] += 2 * feats[:, :3]  # partly shared channels
+    m, c = channel_correlation(feats).item(), 6
+    rows = rearrange(feats, "b c d h w -> (b d h w) c")
+    assert effective_rank(rows) == pytest.approx(c**2 / (c + c * (c - 1) * m), rel=1e-4)
+
+
+def test_decorrelation_weight_adds_the_stages_penalty_to_the_loss():
+    from model.networks.mae import channel_correlation
+
+    rgba = torch.rand(2, 4, 32, 32, 32)
+    valid = torch.ones(2, 32, 32, 32, dtype=torch.bool)
+    plain = build_mae("tiny").eval()  # eval: no stochastic depth, the passes agree
+    penalised = build_mae("tiny", decorrelation=0.5, decorrelation_stages=[3, 4]).eval()
+    penalised.load_state_dict(plain.state_dict())
+    out = plain(rgba, valid, generator=torch.Generator().manual_seed(0))
+    both = penalised(rgba, valid, generator=torch.Generator().manual_seed(0))
+    assert out.loss_decorrelation.item() == 0.0  # off: not computed
+    feats = penalised.forward_encoder(rgba, penalised.random_masking(
+        2, (8, 8, 8), torch.Generator().manual_seed(0)))  # fmt: skip
+    expected = (channel_correlation(feats[2]) + channel_correlation(feats[3])) / 2
+    assert both.loss_decorrelation.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert both.loss.item() == pytest.approx(out.loss.item() + 0.5 * expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="decorrelation_stages"):
+        MAEConfig(resolution=32, decorrelation_stages=[5])

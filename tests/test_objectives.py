@@ -69,12 +69,16 @@ def test_pretraining_logs_the_colour_ramp_and_records_the_objective(tmp_path):
     summary = pretrain(PretrainConfig(
         store_url=store.url, out_dir=str(run), preset="tiny", resolution=32, epochs=5,
         batch_size=1, num_workers=0, val_scenes=["room1"], log_every=1, eval_every=100,
-        objective="structure_first", model_overrides={"head": "token"}, shuffle_targets=True,
+        objective="structure_first_decorrelated", model_overrides={"head": "token"},
+        shuffle_targets=True,
     ))  # fmt: skip
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert [r["rgb_weight"] for r in log] == pytest.approx([0.0, 0.1464466, 0.5, 0.8535534, 1.0])
-    assert summary["objective"] == "structure_first" and summary["shuffle_targets"] is True
+    assert all(0 < r["loss_decorrelation"] <= 1 for r in log)
+    assert summary["objective"] == "structure_first_decorrelated"
+    assert summary["shuffle_targets"] is True
     assert summary["objective_settings"]["rgb_schedule"] == "cosine"
     saved = json.loads((run / "config.json").read_text())
     assert saved["model_config"]["head"] == "token"
+    assert saved["model_config"]["decorrelation"] == 0.2
     assert saved["resolved"]["objective_settings"]["alpha_balance"] == "none"

@@ -68,6 +68,14 @@ class MAEConfig:
     """How masked voxels weigh in the alpha loss. "none" (code): all alike, so the ~85 % that
     are empty space dominate it. "occupied_empty": the mean over masked occupied voxels and
     the mean over masked empty ones, averaged, so surfaces weigh as much as free space."""
+    decorrelation: float = 0.0
+    """Weight of a penalty on the correlation between the channels of the encoder stages
+    ``decorrelation_stages`` (:func:`channel_correlation`, over the batch's tokens). 0 (the
+    reference): off. The pretrained encoders this project measured hand on deep stages
+    with a few effective directions (BENCHMARKS.md); the penalty falls as the stages'
+    participation-ratio rank rises."""
+    decorrelation_stages: list[int] = field(default_factory=lambda: [2, 3, 4])
+    """Encoder stages (1-based) the decorrelation penalty averages over."""
     head: Literal["voxel", "token", "bottleneck"] = "voxel"
     """The prediction head. "voxel" (code): the UNETR decoder's full-resolution block.
     "token": one linear map per token to its voxels (SimMIM's light head; cheaper on a CPU).
@@ -95,6 +103,11 @@ class MAEConfig:
         if self.alpha_balance not in ("none", "occupied_empty"):
             raise ValueError(f"MAEConfig.alpha_balance={self.alpha_balance!r} is not one of "
                              "'none', 'occupied_empty'")
+        if self.decorrelation < 0:
+            raise ValueError(f"MAEConfig.decorrelation={self.decorrelation} must be >= 0")
+        if not self.decorrelation_stages or not set(self.decorrelation_stages) <= {1, 2, 3, 4}:
+            raise ValueError(f"MAEConfig.decorrelation_stages={self.decorrelation_stages}: "
+                             "stages are 1..4")
         if self.head not in HEADS:
             raise ValueError(f"MAEConfig.head={self.head!r} is not one of {', '.join(HEADS)}")
 
@@ -109,7 +122,7 @@ class MAEOutput:
     """What one training step needs from the model."""
 
     loss: Tensor
-    """Scalar: ``rgb_weight * loss_rgb + loss_alpha``."""
+    """Scalar: ``rgb_weight * loss_rgb + loss_alpha + decorrelation * loss_decorrelation``."""
     loss_rgb: Tensor
     """Scalar colour loss (see :meth:`NeRFMAE.forward_loss`)."""
     loss_alpha: Tensor
@@ -118,6 +131,9 @@ class MAEOutput:
     """``(B, 4, S, S, S)``: RGB (linear) and the alpha logit per voxel."""
     mask: Tensor
     """``(B, S, S, S)`` bool: voxels of masked blocks (padding included)."""
+    loss_decorrelation: Tensor
+    """Scalar: the stages' channel correlation (:meth:`NeRFMAE.forward_decorrelation`;
+    computed only when its weight is not 0, else 0)."""
 
 
 class NeRFMAE(EncoderFront):
@@ -216,6 +232,12 @@ class NeRFMAE(EncoderFront):
             loss_alpha = _masked_mean(sq_alpha, region)
         return rgb_weight * loss_rgb + loss_alpha, loss_rgb, loss_alpha
 
+    def forward_decorrelation(self, feats: list[Tensor]) -> Tensor:
+        """Mean over ``decorrelation_stages`` of :func:`channel_correlation` of the stage
+        outputs ``(B, C_i, D_i, H_i, W_i)`` of one forward pass."""
+        stages = self.config.decorrelation_stages
+        return torch.stack([channel_correlation(feats[i - 1]) for i in stages]).mean()
+
     def voxel_mask(self, token_mask: Tensor) -> Tensor:
         """``(B, T, T, T)`` token mask -> ``(B, S, S, S)`` voxel mask."""
         p = self.config.patch_size
@@ -235,12 +257,35 @@ class NeRFMAE(EncoderFront):
         shuffled grids), ``rgb_weight`` the colour term's weight."""
         t = self.config.token_grid
         token_mask = self.random_masking(rgba.shape[0], (t, t, t), generator)  # (B, T, T, T)
-        pred = self.forward_decoder(self.forward_encoder(rgba, token_mask))
+        feats = self.forward_encoder(rgba, token_mask)
+        pred = self.forward_decoder(feats)
         voxel_mask = self.voxel_mask(token_mask)
         target = rgba if target is None else target
         loss, loss_rgb, loss_alpha = self.forward_loss(target, pred, valid, voxel_mask,
                                                        rgb_weight)  # fmt: skip
-        return MAEOutput(loss, loss_rgb, loss_alpha, pred, voxel_mask)
+        weight = self.config.decorrelation
+        decorrelation = self.forward_decorrelation(feats) if weight else loss.new_zeros(())
+        return MAEOutput(loss + weight * decorrelation, loss_rgb, loss_alpha, pred, voxel_mask,
+                         decorrelation)  # fmt: skip
+
+
+def channel_correlation(features: Tensor, eps: float = 1e-5) -> Tensor:
+    """Mean squared off-diagonal entry of the channels' correlation matrix over every token
+    of ``features`` ``(B, C, D, H, W)`` (batch and positions pooled), in float32.
+
+    With ``R`` that ``C x C`` matrix, the participation-ratio rank ``tr(R)^2 / tr(R^2)`` is
+    ``C^2 / (C + sum_{i != j} R_ij^2)``: driving this mean down raises the rank that
+    :func:`model.probing.rank.effective_rank` reports. 0 for uncorrelated channels, 1 when
+    every channel is one direction (a channel constant over the tokens, or a single token,
+    counts as uncorrelated, through ``eps``).
+    """
+    c = features.shape[1]
+    x = rearrange(features.float(), "b c d h w -> (b d h w) c")
+    x = x - x.mean(dim=0)
+    x = x * torch.rsqrt(x.square().mean(dim=0) + eps)  # eps inside: finite gradients at 0
+    corr = x.T @ x / x.shape[0]  # (C, C)
+    off = corr - torch.diag_embed(torch.diagonal(corr))
+    return off.square().sum() / (c * (c - 1))
 
 
 def _masked_mean(values: Tensor, region: Tensor) -> Tensor:

@@ -53,7 +53,7 @@ from model.training.task import Batch, report_value
 from model.training.trainer import run_task
 from model.training.validation import BatchMetric
 
-LOSS_TERMS = ("loss", "loss_rgb", "loss_alpha")
+LOSS_TERMS = ("loss", "loss_rgb", "loss_alpha", "loss_decorrelation")
 VALIDATION_SEED_OFFSET = 7919
 """Validation masks come from a generator seeded ``seed + VALIDATION_SEED_OFFSET``."""
 
@@ -124,7 +124,8 @@ def mae_losses(
     valid = batch["valid"].to(device, non_blocking=True)  # (b, S, S, S)
     target = shuffled_targets(rgba, valid, batch["scene_id"]) if shuffle else None
     out = model(rgba, valid, generator=generator, target=target, rgb_weight=rgb_weight)
-    return {"loss": out.loss, "loss_rgb": out.loss_rgb, "loss_alpha": out.loss_alpha}
+    return {"loss": out.loss, "loss_rgb": out.loss_rgb, "loss_alpha": out.loss_alpha,
+            "loss_decorrelation": out.loss_decorrelation}
 
 
 def accumulate_gradients(
@@ -138,7 +139,7 @@ def accumulate_gradients(
     with one mask (``mask_generator`` restarted per micro-batch).
 
     Returns:
-        ``(3,)`` detached mean of ``(loss, loss_rgb, loss_alpha)`` over the micro-batches.
+        ``(4,)`` detached mean of :data:`LOSS_TERMS` over the micro-batches.
     """
     shared = {"mask": mask_generator} if mask_generator is not None else {}
 
