@@ -9,6 +9,8 @@ the cubic resolution, as the loader does. Prints a table and writes JSON.
     .venv/bin/python benchmarks/bench_mae_cpu.py --amp bf16      # the engine's amp="bf16" on CPU
     .venv/bin/python benchmarks/bench_mae_cpu.py --unfolded      # also time decoder1 unfolded
     .venv/bin/python benchmarks/bench_mae_cpu.py --group-norm    # also time the old norm kernel
+    .venv/bin/python benchmarks/bench_mae_cpu.py --preset tiny --sizes 64 --head token \
+        --decorrelation 0.2 --repeats 20    # also time structure_first_decorrelated's penalty
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -71,18 +74,39 @@ def time_size(model, side: int, extent, repeats: int, amp_dtype=None) -> list[fl
     return timed(lambda i: step(model, rgba, valid, i, amp_dtype), repeats)
 
 
-def time_alternating(model, side: int, extent, repeats: int, variant, amp_dtype=None):
-    """Seconds per step of the model as built and of ``variant`` (a list of ``(module,
-    forward)`` put in place of those modules' ``forward``), alternating step by step so that
-    the VM's drift hits both alike."""
-    rgba, valid = padded_grid(extent, side)
+def swap_forwards(variant: list) -> Callable[[bool], None]:
+    """A switch between the modules as built (``True``) and ``variant`` (a list of
+    ``(module, forward)`` put in place of those modules' ``forward``)."""
 
-    def run(i: int, built: bool) -> float:
+    def switch(built: bool) -> None:
         for module, forward in variant:
             if built:
                 module.__dict__.pop("forward", None)
             else:
                 module.forward = forward
+
+    return switch
+
+
+def decorrelation_weight(model, weight: float) -> Callable[[bool], None]:
+    """A switch between the model as built and the same model with its decorrelation
+    penalty at ``weight`` (``MAEConfig.decorrelation``; read at every forward)."""
+    built_weight = model.config.decorrelation
+
+    def switch(built: bool) -> None:
+        model.config.decorrelation = built_weight if built else weight
+
+    return switch
+
+
+def time_alternating(model, side: int, extent, repeats: int, switch, amp_dtype=None):
+    """Seconds per step of the model as built and as ``switch(False)`` makes it (see
+    :func:`swap_forwards`), alternating step by step so that the VM's drift hits both
+    alike."""
+    rgba, valid = padded_grid(extent, side)
+
+    def run(i: int, built: bool) -> float:
+        switch(built)
         start = time.perf_counter()
         step(model, rgba, valid, i, amp_dtype)
         return time.perf_counter() - start
@@ -159,6 +183,20 @@ def main(argv: list[str] | None = None) -> int:
         help="also time the same model with its instance norms by F.group_norm (the old kernel)",
     )
     parser.add_argument(
+        "--decorrelation",
+        type=float,
+        default=None,
+        metavar="WEIGHT",
+        help="also time the same model with the decorrelation penalty at this weight "
+        "(MAEConfig.decorrelation, structure_first_decorrelated's is 0.2)",
+    )
+    parser.add_argument(
+        "--head",
+        choices=("voxel", "token", "bottleneck"),
+        default="voxel",
+        help="the MAE's prediction head (MAEConfig.head; bench_transfer pretrains with token)",
+    )
+    parser.add_argument(
         "--amp",
         choices=("off", "bf16"),
         default="off",
@@ -192,22 +230,27 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{'preset':8s} {'size':>5s} {'extent':>12s} {'median s':>9s} {'min s':>7s} "
         f"{'params':>11s} {'trainable':>11s} {'2 full-res convs s':>18s} {'unfolded s':>10s} "
-        f"{'group-norm s':>12s}"
+        f"{'group-norm s':>12s} {'decorrelated s':>14s}"
     )
     for side in sizes:
         extent = table.get(side, (side,) * 3)
-        model = build_mae(preset, resolution=side).train()
+        model = build_mae(preset, resolution=side, head=args.head).train()
         total = sum(p.numel() for p in model.parameters())
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         load_before = os.getloadavg()
-        unfolded = group_norm = None
+        unfolded = group_norm = decorrelated = None
         if args.unfolded:
             times, unfolded = time_alternating(model, side, extent, repeats,
-                                               unfolded_decoder1(model), amp_dtype)  # fmt: skip
+                                               swap_forwards(unfolded_decoder1(model)),
+                                               amp_dtype)  # fmt: skip
         elif args.group_norm:
-            old_norms = group_norm_instance_norms(model)
+            old_norms = swap_forwards(group_norm_instance_norms(model))
             times, group_norm = time_alternating(model, side, extent, repeats, old_norms,
                                                  amp_dtype)  # fmt: skip
+        elif args.decorrelation is not None:
+            penalised = decorrelation_weight(model, args.decorrelation)
+            times, decorrelated = time_alternating(model, side, extent, repeats, penalised,
+                                                   amp_dtype)  # fmt: skip
         else:
             times = time_size(model, side, extent, repeats, amp_dtype)
         convs_s = full_res_convs(side, repeats, amp_dtype)
@@ -222,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
             "params_trainable": trainable,
             "unfolded_decoder1_median_s": statistics.median(unfolded) if unfolded else None,
             "group_norm_median_s": statistics.median(group_norm) if group_norm else None,
+            "head": args.head,
+            "decorrelation": args.decorrelation,
+            "decorrelated_median_s": statistics.median(decorrelated) if decorrelated else None,
             "full_res_convs_median_s": convs_s,
             "full_res_convs_gflop": 6 * 2 * 27 * 48**2 * side**3 / 1e9,
             "loadavg_before": load_before,
@@ -232,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{preset:8s} {side:5d} {'x'.join(map(str, extent)):>12s} {row['median_s']:9.3f} "
             f"{row['min_s']:7.3f} {total:11,d} {trainable:11,d} {convs_s:18.3f} "
             f"{row['unfolded_decoder1_median_s'] or float('nan'):10.3f} "
-            f"{row['group_norm_median_s'] or float('nan'):12.3f}"
+            f"{row['group_norm_median_s'] or float('nan'):12.3f} "
+            f"{row['decorrelated_median_s'] or float('nan'):14.3f}"
         )
         del model
 
