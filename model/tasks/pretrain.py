@@ -79,10 +79,12 @@ class PretrainConfig(TrainingConfig):
         "shuffle_targets",
     )  # fmt: skip
 
-    objective: str = "structure_first"
+    objective: str = "structure_first_decorrelated"
     """The pretraining objective (:data:`model.tasks.objectives.OBJECTIVES`): ``paper`` (the
     reference's loss), ``structure_first`` (colour weight ramped 0 -> 1 with a cosine),
-    ``structure_first_balanced`` (and alpha balanced between occupied and empty voxels)."""
+    ``structure_first_balanced`` (and alpha balanced between occupied and empty voxels),
+    ``structure_first_decorrelated`` (the ramp and a penalty on the correlation of encoder
+    stages 2-4: the best measured for detection, BENCHMARKS.md)."""
     rgb_schedule: str | None = None
     """Colour weight schedule, ``constant`` or ``cosine`` (``None``: the objective's)."""
     rgb_ramp: float | None = None
