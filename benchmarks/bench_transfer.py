@@ -219,29 +219,24 @@ def run_finetuning(args, store: str, sets: dict[str, list[str]], budget: int, se
     done = out / "test.pt"
     labelled = sets["pool"][:budget]
     batch = min(args.finetune_batch, budget)
+    # the settings a finished run must share with this invocation to be reused
+    protocol = {"max_steps": args.finetune_steps, "lr": args.finetune_lr,
+                "carried_lr_scale": args.carried_lr_scale, "frozen_warmup": args.frozen_warmup,
+                "eval_every": args.eval_every, "carried_stages": args.carried_stages,
+                "train_scenes": labelled, "batch_size": batch, "seed": seed,
+                **({"network": args.semantic_network} if args.task == "semantics" else {})}
     if done.is_file() and not args.fresh:
-        check_reuse(out, {"max_steps": args.finetune_steps, "lr": args.finetune_lr,
-                          "carried_lr_scale": args.carried_lr_scale,
-                          "frozen_warmup": args.frozen_warmup, "eval_every": args.eval_every,
-                          "carried_stages": args.carried_stages,
-                          **({"network": args.semantic_network}
-                             if args.task == "semantics" else {}),
-                          "train_scenes": labelled, "batch_size": batch, "seed": seed})  # fmt: skip
+        check_reuse(out, protocol)
         return torch.load(done, weights_only=False)
-    steps_per_epoch = budget // batch
     extra = ({"detector_overrides": {"channels": args.fpn_channels,
                                      "stage_norm": args.stage_norm}}
-             if args.task == "detect" else {"network": args.semantic_network})  # fmt: skip
+             if args.task == "detect" else {})  # fmt: skip
     config = make_config(
         args.task, store_url=store, out_dir=str(out), preset=args.preset,
         resolution=args.resolution, scenes=labelled + sets["val"], val_scenes=sets["val"],
-        train_scenes=labelled, epochs=math.ceil(args.finetune_steps / steps_per_epoch),
-        max_steps=args.finetune_steps, batch_size=batch, lr=args.finetune_lr,
-        carried_lr_scale=args.carried_lr_scale, frozen_warmup=args.frozen_warmup,
-        carried_stages=args.carried_stages, augment=True, num_workers=0, log_every=10,
-        eval_every=args.eval_every,
-        checkpoint_every=10**9, keep_checkpoints=1, seed=seed, device="cpu",
-        **({"pretrained": pretrained} if pretrained else {"scratch": True}), **extra,
+        epochs=math.ceil(args.finetune_steps / (budget // batch)), augment=True,
+        num_workers=0, log_every=10, checkpoint_every=10**9, keep_checkpoints=1, device="cpu",
+        **({"pretrained": pretrained} if pretrained else {"scratch": True}), **protocol, **extra,
     )  # fmt: skip
     if out.exists():  # an interrupted run: start it again
         import shutil

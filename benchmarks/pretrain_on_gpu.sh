@@ -9,9 +9,10 @@
 #       --pretrain-seconds SECONDS_EACH ...                  # here, on the CPU: fine-tuning
 #
 # Draws ROOMS (default 1536) class-independent pretraining rooms with the benchmark's seeds,
-# then pretrains four tiny MAEs at once (structure_first_decorrelated, the default, and paper,
-# pretraining seeds 0 and 1; a tiny MAE keeps a fraction of one GPU busy), each for as many steps as fit
-# SECONDS_EACH (default 300), and packs each run for the trip back (pack_pretraining.py).
+# then pretrains four tiny MAEs at once (structure_first_decorrelated, the default, and
+# paper, pretraining seeds 0 and 1; a tiny MAE keeps a fraction of one GPU busy), each for as
+# many steps as fit SECONDS_EACH (default 300), and packs each run for the trip back
+# (pack_pretraining.py).
 # While the rooms are drawn, bench_pretrain_gpu.py measures swin_s at 160^3 (issue 5's
 # throughput target). Logs go to OUT/logs.tar. PY, DEVICE and WORK (python3, cuda,
 # /tmp/transfer_gpu) can be set for a dry run on a CPU.
