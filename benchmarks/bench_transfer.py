@@ -117,7 +117,7 @@ def write_rooms(url: str, scene_ids: list[str], resolution: int, room_config,
     return time.perf_counter() - tic
 
 
-NEWER_SETTINGS = {"carried_stages": None, "network": "skip"}
+NEWER_SETTINGS = {"carried_stages": None, "network": "skip", "carried_share": 1.0}
 """Fine-tuning settings younger than some runs in a work folder: a run whose config lacks
 one ran with this value."""
 
@@ -224,6 +224,7 @@ def run_finetuning(args, store: str, sets: dict[str, list[str]], budget: int, se
                 "carried_lr_scale": args.carried_lr_scale, "frozen_warmup": args.frozen_warmup,
                 "eval_every": args.eval_every, "carried_stages": args.carried_stages,
                 "train_scenes": labelled, "batch_size": batch, "seed": seed,
+                "carried_share": args.carried_share if pretrained else 1.0,
                 **({"network": args.semantic_network} if args.task == "semantics" else {})}
     if done.is_file() and not args.fresh:
         check_reuse(out, protocol)
@@ -466,6 +467,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--carried-stages", type=int, default=None,
                    help="encoder stages the pretrained runs carry (the patch embedding and the "
                         "first k; default all); scratch runs train the same split of rates")
+    p.add_argument("--carried-share", type=float, default=1.0,
+                   help="pretrained runs start their carried tensors at this share of the "
+                        "pretrained value plus the rest of the scratch run's initialisation "
+                        "(shrink and perturb; 1: the pretrained weights)")
     p.add_argument("--eval-every", type=int, default=50,
                    help="fine-tuning steps between validations (best-checkpoint choices)")
     p.add_argument("--bootstrap", type=int, default=500, help="bootstrap draws")
@@ -496,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     head = ("" if args.head == "token" else f"_{args.head}") + (
         f"_{args.pretrain_tag}" if args.pretrain_tag else "")
     protocol = f"_{args.finetune_tag}" if args.finetune_tag else ""
+    # scratch runs do not depend on the share: they stay the pairs of every share's runs
+    share = f"_share{args.carried_share:g}" if args.carried_share < 1 else ""
     seconds: dict[str, float] = {"rooms": 0.0, "pretrain": 0.0, "finetune": 0.0}
     stores, pretrained, pretraining = {}, {}, []
     for arm in args.arms:
@@ -546,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.shuffled_control and budget == min(args.budgets):
                     inits.append((SHUFFLED, 0, pretrained[arm, SHUFFLED, 0]))
                 for init, pseed, checkpoint in inits:
-                    name = init if pseed is None else f"{init}{head}_p{pseed}"
+                    name = init if pseed is None else f"{init}{head}_p{pseed}{share}"
                     out = (args.work / f"{args.task}_{arm}_d{args.data_seed}_b{budget}_s{seed}_"
                            f"{name}{protocol}")  # fmt: skip
                     if args.finished_only and not (out / "test.pt").is_file():

@@ -113,6 +113,8 @@ def test_a_finished_run_of_other_settings_is_refused_by_name(bench, tmp_path):
     with pytest.raises(SystemExit, match="max_steps=200, this invocation asks 500.*--finetune-tag"):
         bench.check_reuse(run, {"max_steps": 500, "lr": 1e-3})
     # a setting younger than the run: its absence means the default, and only the default
-    bench.check_reuse(run, {"carried_stages": None, "network": "skip"})
+    bench.check_reuse(run, {"carried_stages": None, "network": "skip", "carried_share": 1.0})
     with pytest.raises(SystemExit, match="carried_stages=None, this invocation asks 1"):
         bench.check_reuse(run, {"carried_stages": 1})
+    with pytest.raises(SystemExit, match="carried_share=1.0, this invocation asks 0.5"):
+        bench.check_reuse(run, {"carried_share": 0.5})

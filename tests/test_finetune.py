@@ -396,6 +396,49 @@ def test_carried_stages_loads_the_embedding_and_first_stages_only(stores, pretra
     assert names and all(n.startswith(carried) for n in names)
 
 
+def test_carried_share_starts_between_the_scratch_and_the_pretrained_weights(
+    stores, pretrained, tmp_path
+):
+    def initial(**init) -> tuple[dict, SemanticsTask]:
+        task = SemanticsTask(_config(stores, tmp_path / "s", **init), CPU)
+        task.check_scenes(ROOMS)
+        torch.manual_seed(0)
+        return task.build_model().state_dict(), task
+
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="carried_share"):
+            _config(stores, tmp_path / "bad", pretrained=pretrained, carried_share=bad)
+    warm, _ = initial(pretrained=pretrained)
+    cold, _ = initial(scratch=True)
+    mixed, task = initial(pretrained=pretrained, carried_share=0.25)
+    assert task.transfer["carried_share"] == 0.25
+    moved = [n for n in warm if not torch.equal(warm[n], cold[n])]
+    assert len(moved) > 50
+    for name in moved:  # exactly a quarter of the way from the scratch run's start
+        expected = 0.25 * warm[name] + 0.75 * cold[name]
+        torch.testing.assert_close(mixed[name], expected, rtol=1e-6, atol=1e-6)
+    assert all(torch.equal(mixed[n], cold[n]) for n in warm if n not in moved)
+
+
+def test_share_with_initialisation_on_hand_made_tensors():
+    from model.checkpoints.transfer import share_with_initialisation
+
+    net = torch.nn.Linear(2, 1)
+    net.register_buffer("count", torch.tensor([3]))
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[4.0, 8.0]]))
+        net.bias.fill_(2.0)
+    initial = {"weight": torch.tensor([[0.0, 4.0]]), "bias": torch.tensor([6.0]),
+               "count": torch.tensor([0])}  # fmt: skip
+    share_with_initialisation(net, initial, ["weight", "count"], 0.75)
+    assert net.weight.tolist() == [[3.0, 7.0]]  # 0.75 * loaded + 0.25 * initial
+    assert net.bias.item() == 2.0 and net.count.item() == 3  # not named; integer
+    with pytest.raises(ValueError, match="initial value"):
+        share_with_initialisation(net, {}, ["bias"], 0.5)
+    with pytest.raises(ValueError, match="share"):
+        share_with_initialisation(net, initial, ["bias"], 1.5)
+
+
 def test_encoder_path_semantics_reads_every_label_through_the_encoder(stores, pretrained,
                                                                       tmp_path):  # fmt: skip
     from model import load_model

@@ -24,7 +24,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from model.checkpoints.reading import FORMAT_NAMES, Checkpoint, read_checkpoint
 
@@ -182,3 +183,28 @@ def load_pretrained(
     report.loaded = sorted(updates)
     report.fresh = sorted(set(own) - set(updates))
     return report
+
+
+def share_with_initialisation(
+    model: nn.Module, initial: dict[str, Tensor], names: list[str], share: float
+) -> None:
+    """Move the tensors ``names`` of ``model`` (just loaded from a checkpoint) to
+    ``share x loaded + (1 - share) x initial[name]``, ``initial`` being the model's state
+    before loading (its fresh initialisation).
+
+    A pretrained network that trains to a worse optimum than a fresh one (a warm start) is
+    shrunk towards, and perturbed by, a fresh initialisation; using the network's own
+    (seeded) one makes ``share`` a path from the scratch run (0) to the pretrained one (1).
+    Floating-point tensors only (integer buffers are left as loaded).
+    """
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"share={share}: must be in [0, 1]")
+    state = model.state_dict()
+    missing = sorted(set(names) - set(initial))
+    if missing:
+        raise ValueError(f"no initial value for {missing[:3]}: pass the state before loading")
+    with torch.no_grad():
+        for name in names:
+            tensor = state[name]
+            if tensor.is_floating_point():
+                tensor.mul_(share).add_(initial[name].to(tensor), alpha=1.0 - share)

@@ -41,6 +41,7 @@ from model.checkpoints.transfer import (
     ENCODER_STAGES,
     first_stages,
     load_pretrained,
+    share_with_initialisation,
 )
 from model.inference.windows import overlap_voxels
 from model.networks.mae import MAEConfig
@@ -63,7 +64,7 @@ class FinetuneConfig(TrainingConfig):
     trajectory_fields: ClassVar[tuple[str, ...]] = (
         *TrainingConfig.trajectory_fields, "pretrained", "scratch", "train_scenes",
         "label_fraction", "allow_resolution_change", "freeze_pretrained", "carried_lr_scale",
-        "frozen_warmup", "carried_stages",
+        "frozen_warmup", "carried_stages", "carried_share",
     )  # fmt: skip
 
     pretrained: str | None = None
@@ -92,6 +93,11 @@ class FinetuneConfig(TrainingConfig):
     """Encoder stages the checkpoint sets: the patch embedding and the first k of the four
     (``None``: all, with the decoder blocks the task carries). Later stages start fresh and
     count as new parts (full rate, never frozen), in scratch runs alike."""
+    carried_share: float = 1.0
+    """Share of the pretrained value in each carried tensor's start: below 1 it starts at
+    ``share x pretrained + (1 - share) x`` its fresh initialisation, the very weights the
+    scratch run of the same seed starts from (shrink and perturb, Ash & Adams 2020, a cure
+    for warm starts that train to worse optima than fresh ones). Scratch runs ignore it."""
     window_overlap: float = 0.5
     """Validation of a grid larger than the model's cube (and ``nerfmae detect`` /
     ``evaluate`` of it) reads the whole room through cubes overlapping by this share of
@@ -117,6 +123,8 @@ class FinetuneConfig(TrainingConfig):
             self.fail("frozen_warmup", "must be in [0, 1)")
         if self.carried_stages is not None and not 0 <= self.carried_stages <= ENCODER_STAGES:
             self.fail("carried_stages", f"must be in 0..{ENCODER_STAGES} or None (all)")
+        if not 0.0 < self.carried_share <= 1.0:
+            self.fail("carried_share", "must be in (0, 1] (0 would be a scratch run: --scratch)")
         if not 0.0 <= self.window_overlap < 1.0:
             self.fail("window_overlap", "must be in [0, 1)")
 
@@ -254,16 +262,23 @@ class DenseTask(EncoderTask):
     def build_model(self) -> nn.Module:
         model = self.make_network()
         if self.pretrained is not None:
+            initial = {n: t.detach().clone() for n, t in model.state_dict().items()}
             report = load_pretrained(
                 model, self.pretrained,
                 allow_resolution_change=self.config.allow_resolution_change,
                 prefixes=self.carried,
             )  # fmt: skip
             logger.info("initialised from %s", report.summary())
+            if self.config.carried_share < 1.0:
+                share_with_initialisation(model, initial, report.loaded,
+                                          self.config.carried_share)  # fmt: skip
+                logger.info("carried tensors start at %g x pretrained + %g x fresh",
+                            self.config.carried_share, 1 - self.config.carried_share)
             self.transfer = {"summary": report.summary(), "loaded": len(report.loaded),
                              "fresh": report.fresh, "dropped": report.dropped,
                              "pretrain_step": report.step, "pretrain_epoch": report.epoch,
-                             "format": report.format}  # fmt: skip
+                             "format": report.format,
+                             "carried_share": self.config.carried_share}  # fmt: skip
             self.pretrained = None  # its tensors are in the network now
         self.freeze(model)
         return model
