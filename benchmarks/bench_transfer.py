@@ -251,6 +251,15 @@ def run_finetuning(args, store: str, sets: dict[str, list[str]], budget: int, se
     return result
 
 
+def checkpoint_at(run: Path, step: int) -> str:
+    """The checkpoint a pretraining run kept at ``step`` (one every ``--probe-every``)."""
+    path = run / "checkpoints" / f"step_{step:06d}.pt"
+    if not path.is_file():
+        kept = sorted(p.name for p in (run / "checkpoints").glob("step_*.pt"))
+        raise SystemExit(f"--from-step {step}: {run} kept no checkpoint there (it has {kept})")
+    return str(path)
+
+
 def report_pretraining(arm: str, objective: str, seed: int, mae: dict[str, Any]) -> None:
     print(f"pretrain {arm:<11} {objective:<24} seed {seed}: {mae['steps']} steps, "
           f"val PSNR {mae['val_psnr']:.2f} dB, alpha MSE {mae['val_alpha_mse']:.4f}, "
@@ -471,6 +480,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pretrained runs start their carried tensors at this share of the "
                         "pretrained value plus the rest of the scratch run's initialisation "
                         "(shrink and perturb; 1: the pretrained weights)")
+    p.add_argument("--from-step", type=int, default=None,
+                   help="fine-tune from each MAE's checkpoint of this pretraining step (kept "
+                        "every --probe-every) instead of its last: the verdict along "
+                        "pretraining; runs are named with _at<step>")
     p.add_argument("--eval-every", type=int, default=50,
                    help="fine-tuning steps between validations (best-checkpoint choices)")
     p.add_argument("--bootstrap", type=int, default=500, help="bootstrap draws")
@@ -501,8 +514,9 @@ def main(argv: list[str] | None = None) -> int:
     head = ("" if args.head == "token" else f"_{args.head}") + (
         f"_{args.pretrain_tag}" if args.pretrain_tag else "")
     protocol = f"_{args.finetune_tag}" if args.finetune_tag else ""
-    # scratch runs do not depend on the share: they stay the pairs of every share's runs
-    share = f"_share{args.carried_share:g}" if args.carried_share < 1 else ""
+    # where pretrained runs start; scratch runs do not depend on it, so they pair with all
+    start = f"_share{args.carried_share:g}" if args.carried_share < 1 else ""
+    start += f"_at{args.from_step}" if args.from_step is not None else ""
     seconds: dict[str, float] = {"rooms": 0.0, "pretrain": 0.0, "finetune": 0.0}
     stores, pretrained, pretraining = {}, {}, []
     for arm in args.arms:
@@ -532,7 +546,8 @@ def main(argv: list[str] | None = None) -> int:
                                   shuffle)  # fmt: skip
             seconds["pretrain"] += time.perf_counter() - tic
             init = SHUFFLED if shuffle else objective
-            pretrained[arm, init, seed] = mae["checkpoint"]
+            pretrained[arm, init, seed] = (mae["checkpoint"] if args.from_step is None
+                                           else checkpoint_at(out, args.from_step))
             pretraining.append({"arm": arm, "objective": init, "seed": seed, **mae})
             report_pretraining(arm, init, seed, mae)
     if args.stage != "all":
@@ -553,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.shuffled_control and budget == min(args.budgets):
                     inits.append((SHUFFLED, 0, pretrained[arm, SHUFFLED, 0]))
                 for init, pseed, checkpoint in inits:
-                    name = init if pseed is None else f"{init}{head}_p{pseed}{share}"
+                    name = init if pseed is None else f"{init}{head}_p{pseed}{start}"
                     out = (args.work / f"{args.task}_{arm}_d{args.data_seed}_b{budget}_s{seed}_"
                            f"{name}{protocol}")  # fmt: skip
                     if args.finished_only and not (out / "test.pt").is_file():

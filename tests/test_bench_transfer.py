@@ -118,3 +118,13 @@ def test_a_finished_run_of_other_settings_is_refused_by_name(bench, tmp_path):
         bench.check_reuse(run, {"carried_stages": 1})
     with pytest.raises(SystemExit, match="carried_share=1.0, this invocation asks 0.5"):
         bench.check_reuse(run, {"carried_share": 0.5})
+
+
+def test_from_step_picks_the_kept_checkpoint_or_names_the_kept_ones(bench, tmp_path):
+    kept = tmp_path / "pretrain_run" / "checkpoints"
+    kept.mkdir(parents=True)
+    for step in (200, 400):
+        (kept / f"step_{step:06d}.pt").write_bytes(b"")
+    assert bench.checkpoint_at(tmp_path / "pretrain_run", 400) == str(kept / "step_000400.pt")
+    with pytest.raises(SystemExit, match=r"--from-step 300.*step_000200.pt', 'step_000400.pt"):
+        bench.checkpoint_at(tmp_path / "pretrain_run", 300)
