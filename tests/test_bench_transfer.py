@@ -128,3 +128,26 @@ def test_from_step_picks_the_kept_checkpoint_or_names_the_kept_ones(bench, tmp_p
     assert bench.checkpoint_at(tmp_path / "pretrain_run", 400) == str(kept / "step_000400.pt")
     with pytest.raises(SystemExit, match=r"--from-step 300.*step_000200.pt', 'step_000400.pt"):
         bench.checkpoint_at(tmp_path / "pretrain_run", 300)
+
+
+def test_tempering_scales_the_attention_logits_by_the_square_and_nothing_else():
+    from model.networks.swin3d import WindowAttention3D
+
+    temper = load("temper_attention")
+    torch.manual_seed(0)
+    attention = WindowAttention3D(dim=8, num_heads=2, window=2, shift=0)
+    x = torch.randn(1, 2, 2, 2, 8)
+    state = {f"block.attn.{k}": v.clone() for k, v in attention.state_dict().items()}
+    names = temper.temper_queries_and_keys(state, 0.5)
+    assert sorted(names) == ["block.attn.qkv.bias", "block.attn.qkv.weight"]
+    tempered = WindowAttention3D(dim=8, num_heads=2, window=2, shift=0)
+    tempered.load_state_dict({k.removeprefix("block.attn."): v for k, v in state.items()})
+
+    def logits(module) -> torch.Tensor:  # (heads, N, N) of the one window, without the bias
+        q, k, _ = module.qkv(x.reshape(8, 8)).reshape(8, 3, 2, 4).permute(1, 2, 0, 3)
+        return q @ k.transpose(-1, -2)
+
+    torch.testing.assert_close(logits(tempered), 0.25 * logits(attention))
+    values = slice(16, 24)  # the value rows: untouched
+    assert torch.equal(tempered.qkv.weight[values], attention.qkv.weight[values])
+    assert torch.equal(tempered.proj.weight, attention.proj.weight)
