@@ -218,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     print(f"{'source':<24} {'step':>7} {'sem mIoU':>9} {'furn mIoU':>9} {'obj acc':>8} "
-          f"{'size R2':>8} {'eff. rank per stage':>22} {'feature scale':>22} {'s':>6}",
+          f"{'size R2':>8} {'eff. rank per stage':>22} {'feature scale':>22} "
+          f"{'attention entropy':>22} {'s':>6}",
           flush=True)  # fmt: skip
     for job, make in plan:
         tic = time.perf_counter()
@@ -233,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{100 * row['objects']['accuracy']:8.1f} {row['objects']['size_r2']:8.3f} "
               f"{' / '.join(f'{r:.1f}' for r in row['effective_rank']):>22} "
               f"{' / '.join(f'{r:.2f}' for r in row['feature_scale']):>22} "
+              f"{' / '.join(f'{r:.2f}' for r in row['attention_entropy'] or []) or '-':>22} "
               f"{row['seconds_with_loading']:6.1f}", flush=True)  # fmt: skip
 
     test = rooms(control_alpha)[1]

@@ -233,6 +233,39 @@ def room_store(tmp_path_factory) -> str:
     return store.url
 
 
+def test_normalised_entropy_is_one_for_uniform_and_zero_for_one_hot_rows():
+    from model.probing.attention import normalised_entropy
+
+    assert float(normalised_entropy(torch.full((3, 8, 8), 1 / 8))) == pytest.approx(1.0)
+    assert float(normalised_entropy(torch.eye(8))) == pytest.approx(0.0, abs=1e-6)
+    half = torch.tensor([[0.5, 0.5, 0.0, 0.0]])  # log 2 / log 4
+    assert float(normalised_entropy(half)) == pytest.approx(0.5)
+
+
+def test_attention_entropy_falls_as_queries_and_keys_grow():
+    from model.probing.attention import attention_entropy
+
+    torch.manual_seed(0)
+    mae = build_mae(get_config("tiny", resolution=64))  # stage 4: 2^3 tokens, one window
+    rgba = torch.rand(1, 4, 64, 64, 64)
+    untrained = attention_entropy(mae, rgba)
+    with torch.no_grad():
+        for name, tensor in mae.named_parameters():
+            if name.endswith("attn.qkv.weight"):
+                tensor[: 2 * tensor.shape[0] // 3] *= 30
+    sharpened = attention_entropy(mae, rgba)
+    with torch.no_grad():
+        for name, tensor in mae.named_parameters():
+            if name.endswith(("attn.qkv.weight", "relative_position_bias_table")):
+                tensor.zero_()
+    flat = attention_entropy(mae, rgba)
+    assert len(untrained) == 4 and mae.training  # training mode restored
+    assert all(s < u - 0.05 for s, u in zip(sharpened, untrained, strict=True))
+    # no logits at all: only the shifted windows' region masks keep a stage below 1
+    assert all(f >= u - 1e-6 for f, u in zip(flat, untrained, strict=True))
+    assert flat[3] == pytest.approx(1.0)  # stage 4 fits one unshifted window: uniform
+
+
 def test_encoder_features_of_real_rooms_are_the_frozen_stage_maps_read_at_voxels(room_store):
     rooms = load_rooms(room_store, ["room0", "room1"], 32)
     source = random_source(get_config("tiny"), seed=3)
@@ -285,6 +318,9 @@ def test_bench_probe_probes_every_step_of_a_run_and_the_controls(room_store, tmp
                                                        ("run@15", 15)]  # fmt: skip
     for row in rows:
         assert 0 <= row["semantic"]["miou"] <= 1 and row["objects"]["train_boxes"] >= 3
+    assert rows[0]["attention_entropy"] is None  # colour has no attention
+    assert all(len(r["attention_entropy"]) == 4 for r in rows[1:])
+    assert all(0 <= e <= 1 for r in rows[1:] for e in r["attention_entropy"])
     assert "run@15" in capsys.readouterr().out
 
 

@@ -115,11 +115,12 @@ class WindowAttention3D(nn.Module):
             self._region_masks[key] = mask.to(device=like.device, dtype=like.dtype)
         return self._region_masks[key]
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``(B, D, H, W, C)`` -> ``(B, D, H, W, C)``."""
-        b, d, h, w, c = x.shape
+    def _windows(self, x: Tensor) -> tuple[Tensor, Tensor, tuple[int, ...], tuple[int, ...]]:
+        """``(B, D, H, W, C)`` -> ``(qkv, bias, padded size, shift)``: ``qkv``
+        ``(3, B, nW, heads, N, head_dim)`` of the padded, rolled windows and the additive
+        ``bias`` ``(heads, N, N)`` (``(nW, heads, N, N)`` when shifted)."""
         win = self.window
-        pads = [(win - s % win) % win for s in (d, h, w)]
+        pads = [(win - s % win) % win for s in x.shape[1:4]]
         if any(pads):
             x = F.pad(x, (0, 0, 0, pads[2], 0, pads[1], 0, pads[0]))
         padded = tuple(x.shape[1:4])
@@ -135,9 +136,22 @@ class WindowAttention3D(nn.Module):
         bias = self.relative_position_bias()  # (heads, N, N)
         if any(shift):
             bias = bias + self._region_mask(padded, shift, bias)[:, None]  # (nW, heads, N, N)
+        return qkv, bias, padded, shift
+
+    def attention_weights(self, x: Tensor) -> Tensor:
+        """``(B, D, H, W, C)`` -> ``(B, nW, heads, N, N)``: how much each token of each window
+        takes from each other (rows sum to 1), as :meth:`forward` weighs them."""
+        qkv, bias, _, _ = self._windows(x)
+        logits = qkv[0] @ qkv[1].transpose(-1, -2) * qkv.shape[-1] ** -0.5
+        return (logits + bias).softmax(dim=-1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, D, H, W, C)`` -> ``(B, D, H, W, C)``."""
+        d, h, w = x.shape[1:4]
+        qkv, bias, padded, shift = self._windows(x)
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=bias)
         out = self.proj(rearrange(out, "b nw heads n hd -> b nw n (heads hd)"))
-        x = window_reverse(out, win, padded)  # (B, Dp, Hp, Wp, C)
+        x = window_reverse(out, self.window, padded)  # (B, Dp, Hp, Wp, C)
 
         if any(shift):
             x = torch.roll(x, shifts=shift, dims=(1, 2, 3))

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from model.probing.attention import attention_entropy
 from model.probing.linear import L2_GRID, RIDGE_GRID, fit_logistic, fit_ridge
 from model.probing.objects import log_sizes, object_scores, pooled_boxes
 from model.probing.rank import FeatureMoments
@@ -85,7 +86,9 @@ def probe_source(
     """Fit both probes on ``source``'s features of the ``train`` rooms, score them on ``test``.
 
     Returns ``{"source", "effective_rank" and "feature_scale": one per map (over every cell of
-    the training rooms, :mod:`.rank`), "semantic": semantic_scores(...) + train_voxels,
+    the training rooms, :mod:`.rank`), "attention_entropy": one per stage of an encoder source
+    (over its first batch of training rooms, :mod:`.attention`; None for other sources),
+    "semantic": semantic_scores(...) + train_voxels,
     "objects": object_scores(...) + train_boxes, ridge_strength, "seconds": {train, fit, test,
     total}}`` (JSON-ready).
     """
@@ -134,6 +137,8 @@ def probe_source(
         "source": source.name,
         "effective_rank": [stage.effective_rank() for stage in moments],
         "feature_scale": [stage.scale() for stage in moments],
+        "attention_entropy": (attention_entropy(source.network, train.rgba[: config.batch_size])
+                              if isinstance(source, EncoderSource) else None),
         "semantic": {
             **semantic_scores(confusion, names, config.furniture_classes),
             "train_voxels": len(point_y),
