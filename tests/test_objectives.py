@@ -23,6 +23,7 @@ def test_cosine_ramp_weights_by_hand():
     weights = [ramp.rgb_weight(s, 50) for s in range(50)]
     assert all(a <= b for a, b in zip(weights, weights[1:], strict=False))  # never falls
     assert {OBJECTIVES["paper"].rgb_weight(s, 50) for s in range(50)} == {1.0}
+    assert {OBJECTIVES["opacity_only_decorrelated"].rgb_weight(s, 50) for s in range(50)} == {0.0}
     with pytest.raises(ValueError, match="rgb_ramp"):
         Objective(rgb_schedule="cosine", rgb_ramp=0.0)
 
