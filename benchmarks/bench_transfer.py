@@ -281,22 +281,28 @@ def headline_score(task: str, states: list[tuple[str, dict]]) -> float:
 
 def paired_gain(task: str, pairs: list[tuple[dict, dict]], test: list[str], draws: int,
                 seed: int) -> dict[str, float]:  # fmt: skip
-    """Mean over pairs of (pretrained - scratch) headline on the test rooms, and its 95 %
-    bootstrap interval over test rooms (each draw resamples the rooms once for all pairs)."""
+    """Mean over pairs of (pretrained - scratch) headline on the test rooms, each pair's own
+    difference, and two 95 % bootstrap intervals: over test rooms (each draw resamples the
+    rooms once for all pairs), and over pairs and rooms together (each draw also resamples
+    the pairs), which also counts how much one fine-tuning run differs from the next."""
 
-    def gain(rooms: list[str]) -> float:
-        diffs = []
-        for warm, cold in pairs:
-            diffs.append(headline_score(task, [(r, warm[r]) for r in rooms])
-                         - headline_score(task, [(r, cold[r]) for r in rooms]))  # fmt: skip
-        return statistics.fmean(diffs)
+    def pair_gains(rooms: list[str]) -> np.ndarray:
+        return np.array([headline_score(task, [(r, warm[r]) for r in rooms])
+                         - headline_score(task, [(r, cold[r]) for r in rooms])
+                         for warm, cold in pairs])  # fmt: skip
 
     rng = np.random.default_rng(seed)
-    boot = [gain([test[i] for i in rng.integers(0, len(test), len(test))])
-            for _ in range(draws)]  # fmt: skip
-    low, high = np.percentile(boot, [2.5, 97.5])
-    return {"gain": gain(test), "ci95_low": float(low), "ci95_high": float(high),
-            "pairs": len(pairs), "draws": draws}  # fmt: skip
+    over_rooms, over_pairs = [], []
+    for _ in range(draws):
+        gains = pair_gains([test[i] for i in rng.integers(0, len(test), len(test))])
+        over_rooms.append(gains.mean())
+        over_pairs.append(gains[rng.integers(0, len(pairs), len(pairs))].mean())
+    low, high = np.percentile(over_rooms, [2.5, 97.5])
+    pairs_low, pairs_high = np.percentile(over_pairs, [2.5, 97.5])
+    each = pair_gains(test)
+    return {"gain": float(each.mean()), "ci95_low": float(low), "ci95_high": float(high),
+            "ci95_pairs_low": float(pairs_low), "ci95_pairs_high": float(pairs_high),
+            "pair_gains": each.tolist(), "pairs": len(pairs), "draws": draws}  # fmt: skip
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -618,7 +624,8 @@ def main(argv: list[str] | None = None) -> int:
                  and p["objective"] == args.objectives[0])  # fmt: skip
     summary = {"task": args.task, "arm": first["arm"], "budget": first["budget"],
                "objective": first["objective"], f"gain_{key}": first["gain"],
-               "ci95_low": first["ci95_low"], "ci95_high": first["ci95_high"]}  # fmt: skip
+               "ci95_low": first["ci95_low"], "ci95_high": first["ci95_high"],
+               "ci95_pairs_low": first["ci95_pairs_low"], "pairs": first["pairs"]}  # fmt: skip
     seconds["total"] = time.perf_counter() - started
     results = {
         "setup": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -636,11 +643,14 @@ def main(argv: list[str] | None = None) -> int:
                  for k, _ in METRICS[args.task]]  # fmt: skip
         print(f"{r['arm']:<11} {r['budget']:>5} {r['init']:<24} "
               + " ".join(f"{c:>13}" for c in cells))
-    print(f"\npaired {labels[0]} gain, pretrained - scratch (95 % bootstrap over test rooms):")
+    print(f"\npaired {labels[0]} gain, pretrained - scratch (95 % bootstrap over test rooms; "
+          "over pairs and rooms):")
     for p in paired:
         print(f"{p['arm']:<11} {p['budget']:>2} rooms {p['objective']:<24} "
               f"{100 * p['gain']:+5.1f} [{100 * p['ci95_low']:+5.1f}, "
-              f"{100 * p['ci95_high']:+5.1f}]  ({p['pairs']} pairs)")
+              f"{100 * p['ci95_high']:+5.1f}]; [{100 * p['ci95_pairs_low']:+5.1f}, "
+              f"{100 * p['ci95_pairs_high']:+5.1f}]  ({p['pairs']} pairs: "
+              + " ".join(f"{100 * g:+.1f}" for g in p["pair_gains"]) + ")")
     print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")

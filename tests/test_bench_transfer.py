@@ -59,6 +59,19 @@ def test_the_bootstrap_interval_spans_rooms_that_disagree(bench):
     assert gain["ci95_low"] < 0 < gain["ci95_high"]
 
 
+def test_pairs_that_disagree_widen_only_the_interval_over_pairs(bench):
+    rooms = [f"room{i}" for i in range(6)]
+    right = {r: semantic_state(10, 0) for r in rooms}  # mIoU 1 in every room
+    wrong = {r: semantic_state(0, 10) for r in rooms}  # IoU 0 and 10/20: mIoU 1/4
+    # one fine-tuning seed gains 3/4, the other loses 3/4, alike in every room
+    gain = bench.paired_gain("semantics", [(right, wrong), (wrong, right)], rooms, draws=300,
+                             seed=2)  # fmt: skip
+    assert gain["pair_gains"] == pytest.approx([0.75, -0.75]) and gain["gain"] == 0
+    assert gain["ci95_low"] == pytest.approx(0) and gain["ci95_high"] == pytest.approx(0)
+    assert gain["ci95_pairs_low"] == pytest.approx(-0.75)
+    assert gain["ci95_pairs_high"] == pytest.approx(0.75)
+
+
 def test_a_pretraining_run_packed_elsewhere_is_reused_with_its_own_checkpoint(bench, tmp_path):
     import dataclasses
 
