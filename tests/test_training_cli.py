@@ -41,7 +41,8 @@ def test_every_field_of_every_task_parses_back_from_its_flags(name):
     if name != "pretrain":
         changed.update(pretrained="c.pt", allow_resolution_change=True, train_scenes=["a"],
                        label_fraction=0.5, freeze_pretrained=True, carried_lr_scale=0.1,
-                       frozen_warmup=0.2, window_overlap=0.25, carried_stages=2)  # fmt: skip
+                       frozen_warmup=0.2, window_overlap=0.25, carried_stages=2,
+                       carried_share=0.5)  # fmt: skip
     else:
         changed.update(objective="paper", rgb_schedule="cosine", rgb_ramp=0.5,
                        shuffle_targets=True)  # fmt: skip

@@ -79,14 +79,15 @@ class PretrainConfig(TrainingConfig):
         "shuffle_targets",
     )  # fmt: skip
 
-    objective: str = "structure_first_decorrelated"
+    objective: str = "opacity_only_decorrelated"
     """The pretraining objective (:data:`model.tasks.objectives.OBJECTIVES`): ``paper`` (the
     reference's loss), ``structure_first`` (colour weight ramped 0 -> 1 with a cosine),
     ``structure_first_balanced`` (and alpha balanced between occupied and empty voxels),
     ``structure_first_decorrelated`` (the ramp and a penalty on the correlation of encoder
-    stages 2-4: the best measured for detection, BENCHMARKS.md)."""
+    stages 2-4), ``opacity_only_decorrelated`` (the penalty, no colour term: the best
+    measured for detection, BENCHMARKS.md)."""
     rgb_schedule: str | None = None
-    """Colour weight schedule, ``constant`` or ``cosine`` (``None``: the objective's)."""
+    """Colour weight schedule, ``constant``, ``cosine`` or ``off`` (``None``: the objective's)."""
     rgb_ramp: float | None = None
     """Share of the run the cosine colour ramp lasts (``None``: the objective's)."""
     shuffle_targets: bool = False
