@@ -536,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
                 *([(args.objectives[0], 0, True, "shuffled_")] if args.shuffled_control else []),
             ]
         ]  # fmt: skip
+        if args.finished_only:  # a tabulation starts no MAE either
+            runs_to_pretrain = [r for r in runs_to_pretrain if (r[-1] / "metrics.json").is_file()]
         # Pretraining rooms only where a pretraining run still needs them.
         needed = [] if args.stage == "pretrain" else [s for g in ("pool", "val", "test")
                                                       for s in sets[g]]  # fmt: skip
@@ -570,8 +572,10 @@ def main(argv: list[str] | None = None) -> int:
                 inits = [("scratch", None, None)] + [
                     (objective, pseed, pretrained[arm, objective, pseed])
                     for objective in args.objectives for pseed in args.pretrain_seeds
+                    if (arm, objective, pseed) in pretrained
                 ]  # fmt: skip
-                if args.shuffled_control and budget == min(args.budgets):
+                if (args.shuffled_control and budget == min(args.budgets)
+                        and (arm, SHUFFLED, 0) in pretrained):  # fmt: skip
                     inits.append((SHUFFLED, 0, pretrained[arm, SHUFFLED, 0]))
                 for init, pseed, checkpoint in inits:
                     name = init if pseed is None else f"{init}{head}_p{pseed}{start}"
@@ -619,9 +623,13 @@ def main(argv: list[str] | None = None) -> int:
                                **paired_gain(args.task, pairs, sets["test"], args.bootstrap,
                                              args.data_seed)})  # fmt: skip
     seconds["bootstrap"] = time.perf_counter() - tic
-    first = next(p for p in paired if p["arm"] == args.arms[0]
-                 and p["budget"] == min(args.budgets)
-                 and p["objective"] == args.objectives[0])  # fmt: skip
+    first = next((p for p in paired if p["arm"] == args.arms[0]
+                  and p["budget"] == min(args.budgets)
+                  and p["objective"] == args.objectives[0]), None)  # fmt: skip
+    if first is None:
+        raise SystemExit(f"{args.work}: no finished pair of {args.objectives[0]} and scratch "
+                         f"runs at {min(args.budgets)} rooms ({args.arms[0]}): nothing to "
+                         "summarise (run without --finished-only to make them)")
     summary = {"task": args.task, "arm": first["arm"], "budget": first["budget"],
                "objective": first["objective"], f"gain_{key}": first["gain"],
                "ci95_low": first["ci95_low"], "ci95_high": first["ci95_high"],

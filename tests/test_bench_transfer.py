@@ -164,3 +164,14 @@ def test_tempering_scales_the_attention_logits_by_the_square_and_nothing_else():
     values = slice(16, 24)  # the value rows: untouched
     assert torch.equal(tempered.qkv.weight[values], attention.qkv.weight[values])
     assert torch.equal(tempered.proj.weight, attention.proj.weight)
+
+
+def test_a_tabulation_of_nothing_finished_starts_no_run_and_says_so(bench, tmp_path):
+    work = tmp_path / "work"
+    argv = ["--work", str(work), "--arms", "independent", "--resolution", "32",
+            "--pretrain-rooms", "2", "--pool-rooms", "2", "--val-rooms", "1", "--test-rooms", "1",
+            "--budgets", "2", "--seeds", "0", "--pretrain-seeds", "0", "--finished-only",
+            "--out", str(tmp_path / "t.json")]  # fmt: skip
+    with pytest.raises(SystemExit, match="no finished pair of opacity_only_decorrelated"):
+        bench.main(argv)
+    assert not list(work.glob("pretrain_*")) and not list(work.glob("detect_*"))
