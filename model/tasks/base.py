@@ -262,23 +262,25 @@ class DenseTask(EncoderTask):
     def build_model(self) -> nn.Module:
         model = self.make_network()
         if self.pretrained is not None:
-            initial = {n: t.detach().clone() for n, t in model.state_dict().items()}
+            share = self.config.carried_share
+            # the fresh start is kept only where a share of it is wanted
+            initial = ({n: t.detach().clone() for n, t in model.state_dict().items()}
+                       if share < 1.0 else {})  # fmt: skip
             report = load_pretrained(
                 model, self.pretrained,
                 allow_resolution_change=self.config.allow_resolution_change,
                 prefixes=self.carried,
             )  # fmt: skip
             logger.info("initialised from %s", report.summary())
-            if self.config.carried_share < 1.0:
-                share_with_initialisation(model, initial, report.loaded,
-                                          self.config.carried_share)  # fmt: skip
-                logger.info("carried tensors start at %g x pretrained + %g x fresh",
-                            self.config.carried_share, 1 - self.config.carried_share)
+            if share < 1.0:
+                share_with_initialisation(model, initial, report.loaded, share)
+                logger.info("carried tensors start at %g x pretrained + %g x fresh", share,
+                            1 - share)  # fmt: skip
             self.transfer = {"summary": report.summary(), "loaded": len(report.loaded),
                              "fresh": report.fresh, "dropped": report.dropped,
                              "pretrain_step": report.step, "pretrain_epoch": report.epoch,
                              "format": report.format,
-                             "carried_share": self.config.carried_share}  # fmt: skip
+                             "carried_share": share}  # fmt: skip
             self.pretrained = None  # its tensors are in the network now
         self.freeze(model)
         return model
