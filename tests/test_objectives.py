@@ -35,6 +35,11 @@ def test_a_run_resolves_its_objective_from_the_name_and_the_overrides():
     resolved = config.resolved_objective()
     assert resolved.rgb_schedule == "cosine" and resolved.alpha_balance == "occupied_empty"
     assert resolved.rgb_region == "all_opaque"  # the paper's, untouched
+    balanced = PretrainConfig(store_url="s", out_dir="o",
+                              objective="opacity_only_balanced_decorrelated").resolved_objective()
+    assert balanced.model_fields() == {"rgb_region": "all_opaque", "rgb_weighting": "gate",
+                                       "alpha_balance": "occupied_empty", "decorrelation": 0.2}
+    assert balanced.rgb_weight(0, 10) == balanced.rgb_weight(9, 10) == 0.0
     with pytest.raises(ValueError, match="objective"):
         PretrainConfig(store_url="s", out_dir="o", objective="colour_last")
     with pytest.raises(ValueError, match="rgb_schedule"):
