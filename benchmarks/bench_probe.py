@@ -13,6 +13,12 @@ training rooms and scored on the test rooms of a labelled store:
 - objects: a linear reader of the features averaged over each stored box: class accuracy, and
   R^2 of the box's log extents.
 
+Each source that is a whole MAE (a pretraining checkpoint, the random control) is also asked
+to fill in masked blocks of the test rooms (``model.probing.reconstruction``, ``--draws``
+masks per room): its alpha error on free, shell and furniture voxels beside a per-voxel prior
+of the training rooms, printed as a second table. A loss that falls while the furniture
+error stays the prior's says the MAE learned the room, not its objects.
+
     .venv/bin/python benchmarks/bench_probe.py --store bench_out/transfer/ground_truth_64.zarr \\
         --train-first 16 --test-first 48 --runs bench_out/transfer/pretrain --every 2 \\
         --checkpoints shuffled=runs/shuffled/checkpoints/latest.pt \\
@@ -39,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from model.checkpoints.reading import read_checkpoint  # noqa: E402
-from model.networks.mae import MAEConfig  # noqa: E402
+from model.networks.mae import MAEConfig, NeRFMAE  # noqa: E402
 from model.networks.presets import get_config, replace_config  # noqa: E402
 from model.probing import (  # noqa: E402
     ColourSource,
@@ -52,6 +58,11 @@ from model.probing import (  # noqa: E402
     probe_source,
     random_source,
     run_checkpoints,
+)
+from model.probing.reconstruction import (  # noqa: E402
+    CATEGORIES,
+    masked_reconstruction,
+    position_prior,
 )
 from pipeline.synthetic.furniture import FURNITURE_CLASSES  # noqa: E402
 
@@ -152,6 +163,28 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def print_reconstruction(rows: list[dict[str, Any]]) -> None:
+    """The masked-reconstruction table: alpha MSE per voxel category, network / prior."""
+    rows = [r for r in rows if r.get("reconstruction")]
+    if not rows:
+        return
+    print(
+        "\nmasked blocks of the test rooms: alpha MSE, network / position prior / zero "
+        "(share on the right side of 0.5, network / prior)"
+    )
+    print(f"{'source':<24} {'step':>7} " + " ".join(f"{c:>34}" for c in CATEGORIES))
+    for row in rows:
+        cells = []
+        for c in CATEGORIES:
+            got = row["reconstruction"].get(c)
+            cells.append("-" if got is None else
+                         f"{got['network']['mse']:.4f}/{got['prior']['mse']:.4f}/"
+                         f"{got['zero']['mse']:.4f} ({100 * got['network']['correct']:.0f}/"
+                         f"{100 * got['prior']['correct']:.0f} %)")  # fmt: skip
+        step = "" if row["step"] is None else str(row["step"])
+        print(f"{row['label']:<24} {step:>7} " + " ".join(f"{c:>34}" for c in cells))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", required=True, help="a grid store with semantic labels, boxes")
@@ -170,6 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-class", type=int, default=SamplingConfig().per_class,
                         help="semantic training voxels per class and room")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=ProbeConfig().batch_size)
+    parser.add_argument(
+        "--draws",
+        type=int,
+        default=2,
+        help="masks per test room for the reconstruction table (0: none)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("bench_out/bench_probe.json"))
     parser.add_argument("--plot", type=Path, help="PNG of probe scores against pretraining step")
@@ -226,6 +265,12 @@ def main(argv: list[str] | None = None) -> int:
         source = make()
         alpha_step = getattr(source, "alpha_step", control_alpha)
         result = probe_source(source, *rooms(alpha_step), config)
+        network = getattr(source, "network", None)
+        if isinstance(network, NeRFMAE) and args.draws:
+            fitted, scored = rooms(alpha_step)
+            result["reconstruction"] = masked_reconstruction(
+                network, scored, position_prior(fitted), config.furniture_classes,
+                draws=args.draws, seed=args.seed)  # fmt: skip
         row = {**job, **result, "seconds_with_loading": time.perf_counter() - tic}
         rows.append(row)
         step = "" if job["step"] is None else str(job["step"])
@@ -237,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{' / '.join(f'{r:.2f}' for r in row['attention_entropy'] or []) or '-':>22} "
               f"{row['seconds_with_loading']:6.1f}", flush=True)  # fmt: skip
 
+    print_reconstruction(rows)
     test = rooms(control_alpha)[1]
     results = {
         "setup": {

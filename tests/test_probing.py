@@ -321,7 +321,11 @@ def test_bench_probe_probes_every_step_of_a_run_and_the_controls(room_store, tmp
     assert rows[0]["attention_entropy"] is None  # colour has no attention
     assert all(len(r["attention_entropy"]) == 4 for r in rows[1:])
     assert all(0 <= e <= 1 for r in rows[1:] for e in r["attention_entropy"])
-    assert "run@15" in capsys.readouterr().out
+    assert "reconstruction" not in rows[0]  # colour is no MAE
+    for row in rows[1:]:  # the real rooms hold every kind of voxel
+        assert set(row["reconstruction"]) == {"free", "shell", "furniture"}
+    printed = capsys.readouterr().out
+    assert "run@15" in printed and "masked blocks of the test rooms" in printed
 
 
 # ---------------------------------------------------------------- bad input

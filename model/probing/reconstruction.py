@@ -1,0 +1,100 @@
+"""What an MAE reconstructs where it is masked, against predictors that know no room.
+
+A masked-autoencoder's loss says how well it fills masked blocks in overall; it does not say
+*what* it fills in. On rooms most masked voxels are free space and much of the rest is the
+room's shell, both guessable without looking: the loss can fall while the network learns
+nothing about the objects a detector must find. :func:`masked_reconstruction` scores the
+alpha an MAE predicts on the masked, valid voxels of labelled rooms separately for
+
+- ``free``: voxels whose true alpha is at most the threshold,
+- ``shell``: occupied voxels of a class that is not furniture (walls, floor, ceiling),
+- ``furniture``: occupied voxels of a furniture class,
+
+and beside it two predictors that see no room: ``zero`` (everything is free space) and
+``prior`` (each voxel's mean alpha over the training rooms, :func:`position_prior`, which
+knows where rooms keep their walls). Per category: mean squared alpha error and the share of
+voxels whose prediction lies on the same side of alpha 0.5 as the truth. An MAE
+whose furniture scores are the prior's has not learned objects, whatever its loss says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from model.networks.mae import NeRFMAE
+from model.probing.rooms import ProbeRooms
+
+CATEGORIES = ("free", "shell", "furniture")
+PREDICTORS = ("network", "zero", "prior")
+
+
+def position_prior(rooms: ProbeRooms) -> Tensor:
+    """``(S, S, S)`` mean alpha of each voxel over the valid voxels of ``rooms`` (0 where no
+    room is valid)."""
+    alpha = rooms.rgba[:, 3] * rooms.valid  # (R, S, S, S)
+    return alpha.sum(0) / rooms.valid.sum(0).clamp_min(1)
+
+
+def voxel_categories(
+    alpha: Tensor, semantic: Tensor, furniture: Sequence[int], threshold: float
+) -> dict[str, Tensor]:
+    """``alpha``, ``semantic`` ``(..., S, S, S)`` -> one bool mask per :data:`CATEGORIES`."""
+    occupied = alpha > threshold
+    is_furniture = torch.isin(semantic.long(), torch.tensor(list(furniture), dtype=torch.long))
+    return {"free": ~occupied, "shell": occupied & ~is_furniture,
+            "furniture": occupied & is_furniture}  # fmt: skip
+
+
+@torch.no_grad()
+def masked_reconstruction(
+    network: NeRFMAE,
+    rooms: ProbeRooms,
+    prior: Tensor,
+    furniture: Sequence[int],
+    draws: int = 2,
+    seed: int = 0,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Score ``network``'s masked alpha on every room of ``rooms`` under ``draws`` random masks
+    each (seeded, so every network sees the same masks), beside the ``zero`` and ``prior``
+    (``(S, S, S)``) predictors on the same voxels.
+
+    Returns ``{category: {predictor: {"mse", "correct", "voxels"}}}`` pooled over voxels;
+    ``correct`` is the share whose prediction and truth lie on the same side of alpha 0.5.
+    A category no masked voxel falls
+    in is absent.
+    """
+    network.eval()
+    threshold = network.config.alpha_threshold
+    generator = torch.Generator().manual_seed(seed)
+    sums = {c: {p: [0.0, 0.0] for p in PREDICTORS} for c in CATEGORIES}
+    counts = dict.fromkeys(CATEGORIES, 0)
+    for room in range(len(rooms)):
+        rgba = rooms.rgba[room : room + 1]  # (1, 4, S, S, S)
+        valid = rooms.valid[room : room + 1]  # (1, S, S, S)
+        alpha = rgba[:, 3]
+        categories = voxel_categories(alpha, rooms.semantic[room : room + 1], furniture,
+                                      threshold)  # fmt: skip
+        for _ in range(draws):
+            out = network(rgba, valid, generator=generator)
+            region = out.mask & valid  # (1, S, S, S)
+            predictions = {
+                "network": torch.sigmoid(out.pred[:, 3]),
+                "zero": torch.zeros_like(alpha),
+                "prior": prior.expand_as(alpha),
+            }
+            for name, where in categories.items():
+                where = where & region
+                n = int(where.sum())
+                if n == 0:
+                    continue
+                counts[name] += n
+                truth = alpha[where] > 0.5
+                for p, pred in predictions.items():
+                    sums[name][p][0] += float((pred[where] - alpha[where]).square().sum())
+                    sums[name][p][1] += float(((pred[where] > 0.5) == truth).sum())
+    return {c: {p: {"mse": s[0] / counts[c], "correct": s[1] / counts[c], "voxels": counts[c]}
+                for p, s in sums[c].items()}
+            for c in CATEGORIES if counts[c]}  # fmt: skip
