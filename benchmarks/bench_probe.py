@@ -164,25 +164,27 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 
 
 def print_reconstruction(rows: list[dict[str, Any]]) -> None:
-    """The masked-reconstruction table: alpha MSE per voxel category, network / prior."""
+    """The masked-reconstruction table: per voxel category, alpha MSE of the network, of the
+    visible-neighbourhood mean and of the position prior, and the network's share of voxels
+    on the right side of 0.5 beside the neighbourhood mean's."""
     rows = [r for r in rows if r.get("reconstruction")]
     if not rows:
         return
     print(
-        "\nmasked blocks of the test rooms: alpha MSE, network / position prior / zero "
-        "(share on the right side of 0.5, network / prior)"
+        "\nmasked blocks of the test rooms: alpha MSE, network / visible neighbourhood / "
+        "position prior (right side of 0.5, network / neighbourhood)"
     )
-    print(f"{'source':<24} {'step':>7} " + " ".join(f"{c:>34}" for c in CATEGORIES))
+    print(f"{'source':<24} {'step':>7} " + " ".join(f"{c:>30}" for c in CATEGORIES))
     for row in rows:
         cells = []
         for c in CATEGORIES:
             got = row["reconstruction"].get(c)
             cells.append("-" if got is None else
-                         f"{got['network']['mse']:.4f}/{got['prior']['mse']:.4f}/"
-                         f"{got['zero']['mse']:.4f} ({100 * got['network']['correct']:.0f}/"
-                         f"{100 * got['prior']['correct']:.0f} %)")  # fmt: skip
+                         f"{got['network']['mse']:.3f}/{got['nearby']['mse']:.3f}/"
+                         f"{got['prior']['mse']:.3f} ({100 * got['network']['correct']:.0f}/"
+                         f"{100 * got['nearby']['correct']:.0f} %)")  # fmt: skip
         step = "" if row["step"] is None else str(row["step"])
-        print(f"{row['label']:<24} {step:>7} " + " ".join(f"{c:>34}" for c in cells))
+        print(f"{row['label']:<24} {step:>7} " + " ".join(f"{c:>30}" for c in cells))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from model.networks.presets import build_mae, get_config
-from model.probing.reconstruction import masked_reconstruction, position_prior, voxel_categories
+from model.probing.reconstruction import (
+    masked_reconstruction,
+    position_prior,
+    visible_neighbourhood_mean,
+    voxel_categories,
+)
 from model.probing.rooms import ProbeRooms
 
 S = 4
@@ -55,6 +60,25 @@ def test_the_position_prior_averages_valid_voxels_only():
     assert float(prior[0, 0, 3]) == 0.0  # valid only in room 0, free there
 
 
+def test_the_neighbourhood_mean_agrees_with_a_loop_over_each_cube():
+    g = torch.Generator().manual_seed(0)
+    alpha = torch.rand(2, 6, 6, 6, generator=g)
+    visible = torch.rand(2, 6, 6, 6, generator=g) < 0.3
+    got = visible_neighbourhood_mean(alpha, visible, 3)
+    for b, i, j, k in [(0, 0, 0, 0), (0, 2, 3, 4), (1, 5, 5, 0), (1, 3, 1, 2)]:
+        cube = (b, slice(max(i - 1, 0), i + 2), slice(max(j - 1, 0), j + 2),
+                slice(max(k - 1, 0), k + 2))  # fmt: skip
+        seen = visible[cube]
+        want = alpha[cube][seen].mean() if seen.any() else torch.tensor(0.0)
+        assert float(got[b, i, j, k]) == pytest.approx(float(want), abs=1e-6)
+    lone = torch.zeros(1, 6, 6, 6, dtype=torch.bool)
+    lone[0, 0, 0, 0] = True
+    spread = visible_neighbourhood_mean(torch.full((1, 6, 6, 6), 0.7), lone, 3)
+    assert float(spread[0, 1, 1, 1]) == pytest.approx(0.7) and float(spread[0, 2, 0, 0]) == 0.0
+    with pytest.raises(ValueError, match="width"):
+        visible_neighbourhood_mean(alpha, visible, 4)
+
+
 def test_voxels_fall_into_free_shell_and_furniture():
     rooms = hand_rooms()
     kinds = voxel_categories(rooms.rgba[:, 3], rooms.semantic, FURNITURE, 0.01)
@@ -82,6 +106,10 @@ def test_scores_by_kind_of_voxel_match_hand_counts():
     # at 0.5 the prior (0.6) is right on room 0's chair (0.8) and wrong on room 1's (0.4)
     assert oracle["furniture"]["prior"]["correct"] == pytest.approx(0.5)
     assert oracle["shell"]["prior"]["mse"] == pytest.approx(0.0)  # the floor never moves
+    # nearby (the whole 4^3 room in view): the visible half's mean alpha, 8 floor voxels of
+    # 32 in room 0 and of 24 valid ones in room 1
+    nearby = ((0.8 - 8 / 32) ** 2 + (0.4 - 8 / 24) ** 2) / 2
+    assert oracle["furniture"]["nearby"]["mse"] == pytest.approx(nearby)
 
 
 def test_a_real_mae_is_scored_on_the_same_masks_each_call():

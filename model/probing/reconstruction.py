@@ -10,11 +10,13 @@ alpha an MAE predicts on the masked, valid voxels of labelled rooms separately f
 - ``shell``: occupied voxels of a class that is not furniture (walls, floor, ceiling),
 - ``furniture``: occupied voxels of a furniture class,
 
-and beside it two predictors that see no room: ``zero`` (everything is free space) and
+and beside it predictors that know nothing of objects: ``zero`` (everything is free space),
 ``prior`` (each voxel's mean alpha over the training rooms, :func:`position_prior`, which
-knows where rooms keep their walls). Per category: mean squared alpha error and the share of
-voxels whose prediction lies on the same side of alpha 0.5 as the truth. An MAE
-whose furniture scores are the prior's has not learned objects, whatever its loss says.
+knows where rooms keep their walls) and ``nearby`` (the mean alpha of the visible voxels
+around the voxel, :func:`visible_neighbourhood_mean`: continuity, no shapes). Per category:
+mean squared alpha error and the share of voxels whose prediction lies on the same side of
+alpha 0.5 as the truth. An MAE whose furniture scores are no better than these has not
+learned objects, whatever its loss says.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from model.networks.mae import NeRFMAE
 from model.probing.rooms import ProbeRooms
 
 CATEGORIES = ("free", "shell", "furniture")
-PREDICTORS = ("network", "zero", "prior")
+PREDICTORS = ("network", "zero", "prior", "nearby")
 
 
 def position_prior(rooms: ProbeRooms) -> Tensor:
@@ -36,6 +39,27 @@ def position_prior(rooms: ProbeRooms) -> Tensor:
     room is valid)."""
     alpha = rooms.rgba[:, 3] * rooms.valid  # (R, S, S, S)
     return alpha.sum(0) / rooms.valid.sum(0).clamp_min(1)
+
+
+def visible_neighbourhood_mean(alpha: Tensor, visible: Tensor, width: int) -> Tensor:
+    """``(B, S, S, S)`` mean of ``alpha`` over the ``visible`` voxels of the ``width^3`` cube
+    around each voxel (``width`` odd); 0 where that cube holds no visible voxel. The cube
+    mean is three 1D means, one per axis."""
+    if width < 1 or width % 2 == 0:
+        raise ValueError(f"width: expected an odd number >= 1, got {width}")
+    seen = visible.to(alpha.dtype)[:, None]  # (B, 1, S, S, S)
+    total, count = alpha[:, None] * seen, seen
+    half = width // 2
+    # zero padding by hand: avg_pool3d refuses kernels wider than the grid itself
+    passes = (
+        ((width, 1, 1), (0, 0, 0, 0, half, half)),
+        ((1, width, 1), (0, 0, half, half)),
+        ((1, 1, width), (half, half)),
+    )
+    for kernel, pad in passes:
+        total = F.avg_pool3d(F.pad(total, pad), kernel, stride=1)
+        count = F.avg_pool3d(F.pad(count, pad), kernel, stride=1)
+    return (total / count.clamp_min(1e-12) * (count > 0))[:, 0]
 
 
 def voxel_categories(
@@ -56,10 +80,12 @@ def masked_reconstruction(
     furniture: Sequence[int],
     draws: int = 2,
     seed: int = 0,
+    width: int = 17,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Score ``network``'s masked alpha on every room of ``rooms`` under ``draws`` random masks
-    each (seeded, so every network sees the same masks), beside the ``zero`` and ``prior``
-    (``(S, S, S)``) predictors on the same voxels.
+    each (seeded, so every network sees the same masks), beside the ``zero``, ``prior``
+    (``(S, S, S)``) and ``nearby`` (visible voxels within ``width^3``) predictors on the same
+    voxels.
 
     Returns ``{category: {predictor: {"mse", "correct", "voxels"}}}`` pooled over voxels;
     ``correct`` is the share whose prediction and truth lie on the same side of alpha 0.5.
@@ -84,6 +110,7 @@ def masked_reconstruction(
                 "network": torch.sigmoid(out.pred[:, 3]),
                 "zero": torch.zeros_like(alpha),
                 "prior": prior.expand_as(alpha),
+                "nearby": visible_neighbourhood_mean(alpha, valid & ~out.mask, width),
             }
             for name, where in categories.items():
                 where = where & region
