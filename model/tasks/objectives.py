@@ -94,7 +94,8 @@ OBJECTIVES: dict[str, Objective] = {
     "structure_first_decorrelated": Objective(rgb_schedule="cosine", decorrelation=0.2),
     "opacity_only_decorrelated": Objective(rgb_schedule="off", decorrelation=0.2),
     "opacity_only_balanced_decorrelated": Objective(
-        rgb_schedule="off", alpha_balance="occupied_empty", decorrelation=0.2),
+        rgb_schedule="off", alpha_balance="occupied_empty", decorrelation=0.2
+    ),
 }
 """Objective name -> settings (``PretrainConfig.objective``)."""
 
