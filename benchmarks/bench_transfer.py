@@ -225,6 +225,7 @@ def run_finetuning(args, store: str, sets: dict[str, list[str]], budget: int, se
                 "eval_every": args.eval_every, "carried_stages": args.carried_stages,
                 "train_scenes": labelled, "batch_size": batch, "seed": seed,
                 "carried_share": args.carried_share if pretrained else 1.0,
+                "freeze_pretrained": args.freeze_encoder,
                 **({"network": args.semantic_network} if args.task == "semantics" else {})}
     if done.is_file() and not args.fresh:
         check_reuse(out, protocol)
@@ -486,6 +487,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pretrained runs start their carried tensors at this share of the "
                         "pretrained value plus the rest of the scratch run's initialisation "
                         "(shrink and perturb; 1: the pretrained weights)")
+    p.add_argument("--freeze-encoder", action="store_true",
+                   help="keep every tensor pretraining sets frozen for the whole run, scratch "
+                        "runs alike (theirs stay random): what the features alone are worth "
+                        "to the parts trained on top; runs are named with _frozen")
     p.add_argument("--from-step", type=int, default=None,
                    help="fine-tune from each MAE's checkpoint of this pretraining step (kept "
                         "every --probe-every) instead of its last: the verdict along "
@@ -502,6 +507,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def name_parts(args: argparse.Namespace) -> tuple[str, str, str]:
+    """What run folder names add for settings other than the benchmark's own: ``(head,
+    protocol, start)``: the MAE's head and pretraining tag (pretraining and pretrained runs),
+    the fine-tuning protocol (every fine-tuning run, scratch ones too), and where pretrained
+    runs start (scratch runs do not depend on it, so they pair with all)."""
+    head = ("" if args.head == "token" else f"_{args.head}") + (
+        f"_{args.pretrain_tag}" if args.pretrain_tag else "")
+    protocol = (f"_{args.finetune_tag}" if args.finetune_tag else "") + (
+        "_frozen" if args.freeze_encoder else "")
+    start = f"_share{args.carried_share:g}" if args.carried_share < 1 else ""
+    start += f"_at{args.from_step}" if args.from_step is not None else ""
+    return head, protocol, start
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
@@ -516,13 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     if max(args.budgets) > len(sets["pool"]):
         raise SystemExit(f"--budgets: the pool holds {len(sets['pool'])} rooms")
     args.work.mkdir(parents=True, exist_ok=True)
-    # Run names: the default head unmarked, a tag for other pretraining settings.
-    head = ("" if args.head == "token" else f"_{args.head}") + (
-        f"_{args.pretrain_tag}" if args.pretrain_tag else "")
-    protocol = f"_{args.finetune_tag}" if args.finetune_tag else ""
-    # where pretrained runs start; scratch runs do not depend on it, so they pair with all
-    start = f"_share{args.carried_share:g}" if args.carried_share < 1 else ""
-    start += f"_at{args.from_step}" if args.from_step is not None else ""
+    head, protocol, start = name_parts(args)
     seconds: dict[str, float] = {"rooms": 0.0, "pretrain": 0.0, "finetune": 0.0}
     stores, pretrained, pretraining = {}, {}, []
     for arm in args.arms:

@@ -175,3 +175,12 @@ def test_a_tabulation_of_nothing_finished_starts_no_run_and_says_so(bench, tmp_p
     with pytest.raises(SystemExit, match="no finished pair of opacity_only_decorrelated"):
         bench.main(argv)
     assert not list(work.glob("pretrain_*")) and not list(work.glob("detect_*"))
+
+
+def test_settings_other_than_the_benchmarks_mark_the_run_names(bench):
+    parse = bench.build_parser().parse_args
+    assert bench.name_parts(parse([])) == ("", "", "")
+    head, protocol, start = bench.name_parts(parse(
+        ["--pretrain-tag", "r1024", "--finetune-tag", "f500", "--freeze-encoder",
+         "--carried-share", "0.5", "--from-step", "200"]))  # fmt: skip
+    assert (head, protocol, start) == ("_r1024", "_f500_frozen", "_share0.5_at200")

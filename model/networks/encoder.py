@@ -90,6 +90,12 @@ class EncoderFront(nn.Module):
         memory (what the convolutional decoders and the FPN read fastest)."""
         return [f.contiguous(memory_format=CL3D) for f in self.encoder.forward_tokens(tokens)]
 
-    def forward_features(self, rgba: Tensor) -> list[Tensor]:
-        """Unmasked encoder pyramid of ``(B, 4, S, S, S)`` grids: 4 ``(B, C_i, D_i, H_i, W_i)``."""
+    def encoder_stages(self, rgba: Tensor) -> list[Tensor]:
+        """Unmasked encoder pyramid of ``(B, 4, S, S, S)`` grids: 4 ``(B, C_i, D_i, H_i, W_i)``,
+        whatever a subclass builds on it (what probes and comparisons of encoders read)."""
         return self.encode(self.embed_tokens(rgba))
+
+    def forward_features(self, rgba: Tensor) -> list[Tensor]:
+        """The features this network's head reads; here the encoder pyramid (subclasses put
+        their FPN or decoder on it)."""
+        return self.encoder_stages(rgba)

@@ -56,7 +56,7 @@ def attention_entropy(network: EncoderFront, rgba: Tensor) -> list[float]:
     was_training = network.training
     try:
         network.eval()
-        network.forward_features(rgba)
+        network.encoder_stages(rgba)
     finally:
         network.train(was_training)
         for handle in handles:

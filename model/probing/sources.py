@@ -4,7 +4,8 @@ architecture randomly initialised), and two controls that hold no learned knowle
 Every source turns a batch of padded grids into maps that each tile the ``S^3`` cube
 (:mod:`model.probing.interpolation` reads them at voxel centres):
 
-- :class:`EncoderSource`: ``EncoderFront.forward_features`` only (no decoder, no skip path):
+- :class:`EncoderSource`: ``EncoderFront.encoder_stages`` only (no FPN, decoder or skip path,
+  whichever task's network it is):
   4 maps ``(B, C_i, S/s_i, S/s_i, S/s_i)``, strides ``s_i = patch * 2**i``.
 - :class:`ColourSource`: the input itself, ``(B, 4, S, S, S)`` RGBA: what a probe reads from
   the voxel's own colour and opacity, with no context.
@@ -61,7 +62,7 @@ class EncoderSource:
 
     @torch.no_grad()
     def maps(self, rgba: Tensor, valid: Tensor) -> list[Tensor]:
-        return self.network.forward_features(rgba)
+        return self.network.encoder_stages(rgba)
 
 
 class ColourSource:
