@@ -445,7 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool-rooms", type=int, default=16)
     p.add_argument("--val-rooms", type=int, default=8)
     p.add_argument("--test-rooms", type=int, default=48)
-    p.add_argument("--budgets", type=int, nargs="+", default=[2, 8])
+    p.add_argument("--budgets", type=int, nargs="+", default=[1, 2, 8],
+                   help="labelled rooms per fine-tuning run (the smallest: the summary's)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3],
                    help="fine-tuning seeds (each pairs a pretrained with a scratch run)")
     p.add_argument("--pretrain-seeds", type=int, nargs="+", default=[0, 1])
