@@ -40,7 +40,6 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,9 +65,8 @@ CHECKPOINT = "checkpoints/best.pt"
 
 @dataclass
 class Comparison:
-    """Two sources whose stages are compared, and the running sums per stage: over every
-    room, and over the even and the odd rooms (recovery is fitted on one, scored on the
-    other)."""
+    """Two sources whose stages are compared, and the running sums per stage over the even
+    and over the odd rooms (recovery is fitted on one, scored on the other; CKA reads both)."""
 
     kind: str
     a: str
@@ -85,13 +83,13 @@ def run_config(run: Path) -> dict[str, Any]:
     return json.loads(path.read_text())["config"]
 
 
-def plan(args: argparse.Namespace) -> tuple[dict[str, Callable[[], EncoderSource]],
-                                            list[Comparison], list[dict[str, Any]]]:  # fmt: skip
-    """The sources (label -> how to build it), the comparisons, and the (scratch, pretrained,
-    MAE) runs each pair names."""
+def plan(args: argparse.Namespace) -> tuple[dict[str, EncoderSource], list[Comparison],
+                                            list[dict[str, Any]]]:  # fmt: skip
+    """The sources (label -> source), the comparisons, and the (scratch, pretrained, MAE)
+    runs each pair names."""
     if len(args.scratch) != len(args.pretrained):
         raise ValueError("--scratch and --pretrained: one scratch run per pretrained run")
-    sources: dict[str, Callable[[], EncoderSource]] = {}
+    sources: dict[str, EncoderSource] = {}
     pairs = []
     for scratch, pretrained in zip(args.scratch, args.pretrained, strict=True):
         first, second = run_config(scratch), run_config(pretrained)
@@ -101,20 +99,18 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, Callable[[], EncoderSource
         if seed != pseed:
             raise ValueError(f"{scratch} (seed {seed}) and {pretrained} (seed {pseed}) are not "
                              "a pair: give them in the same fine-tuning seed order")  # fmt: skip
+        share = second.get("carried_share", 1.0)
+        if share != 1.0:  # its start was not the MAE: "kept" would measure against the wrong one
+            raise ValueError(f"{pretrained}: started at carried_share {share}, not from the MAE")
         for path in (scratch / CHECKPOINT, pretrained / CHECKPOINT, Path(mae)):
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: no such checkpoint")
         names = {"scratch": f"scratch s{seed}", "pretrained": f"pretrained s{seed}",
                  "mae": Path(mae).parent.parent.name}  # fmt: skip
-        sources[names["scratch"]] = lambda p=scratch / CHECKPOINT, n=names["scratch"]: (
-            checkpoint_source(p, n, args.resolution))
-        sources[names["pretrained"]] = lambda p=pretrained / CHECKPOINT, n=names["pretrained"]: (
-            checkpoint_source(p, n, args.resolution))
-        sources.setdefault(names["mae"], lambda p=mae, n=names["mae"]: (
-            checkpoint_source(p, n, args.resolution)))
-        share = second.get("carried_share", 1.0)
-        if share != 1.0:  # its start was not the MAE: "kept" would measure against the wrong one
-            raise ValueError(f"{pretrained}: started at carried_share {share}, not from the MAE")
+        for key, path in (("scratch", scratch / CHECKPOINT),
+                          ("pretrained", pretrained / CHECKPOINT), ("mae", Path(mae))):  # fmt: skip
+            if names[key] not in sources:  # pairs share their MAE
+                sources[names[key]] = checkpoint_source(path, names[key], args.resolution)
         pairs.append({"seed": seed, **names, "mae_path": mae,
                       "runs": {"scratch": str(scratch), "pretrained": str(pretrained)}})
     comparisons = []
@@ -123,25 +119,22 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, Callable[[], EncoderSource
                         Comparison("reached from scratch", p["mae"], p["scratch"]),
                         Comparison("pretrained vs scratch detector", p["pretrained"],
                                    p["scratch"])]  # fmt: skip
-    for p, q in zip(pairs, pairs[1:] + pairs[:1], strict=True):  # each with the next seed
-        if len(pairs) > 1:
-            comparisons += [Comparison("scratch vs scratch", p["scratch"], q["scratch"]),
-                            Comparison("pretrained vs pretrained", p["pretrained"],
-                                       q["pretrained"])]  # fmt: skip
-        if len(pairs) == 2:
-            break  # the cyclic pairing would repeat the one pair there is
+    # each seed with the next, cyclically; two seeds make one pair, one none
+    following = pairs[1:] + pairs[:1] if len(pairs) > 2 else pairs[1:]
+    for p, q in zip(pairs, following, strict=False):  # with 2 or 1 seeds, following is shorter
+        comparisons += [Comparison("scratch vs scratch", p["scratch"], q["scratch"]),
+                        Comparison("pretrained vs pretrained", p["pretrained"],
+                                   q["pretrained"])]  # fmt: skip
     return sources, comparisons, pairs
 
 
-def add_random(sources: dict[str, Callable[[], EncoderSource]], comparisons: list[Comparison],
-               reference: EncoderSource, seeds: tuple[int, int]) -> None:  # fmt: skip
-    """Two untrained networks of ``reference`` 's architecture, compared with each other."""
-    config = reference.network.config
-    names = [f"random {s}" for s in seeds]
-    for name, seed in zip(names, seeds, strict=True):
-        sources[name] = lambda seed=seed, name=name: dataclasses.replace(
-            random_source(config, seed, reference.alpha_step), name=name)
-    comparisons.append(Comparison("random vs random", *names))
+def random_pair(reference: EncoderSource, seeds: tuple[int, int]
+                ) -> tuple[dict[str, EncoderSource], Comparison]:  # fmt: skip
+    """Two untrained networks of ``reference`` 's architecture, and their comparison."""
+    sources = {f"random {s}": dataclasses.replace(
+        random_source(reference.network.config, s, reference.alpha_step), name=f"random {s}")
+        for s in seeds}  # fmt: skip
+    return sources, Comparison("random vs random", *sources)
 
 
 def measure(sources: dict[str, EncoderSource], comparisons: list[Comparison], store: str,
@@ -160,13 +153,11 @@ def measure(sources: dict[str, EncoderSource], comparisons: list[Comparison], st
         cells = [room_cells(valid, shape) for shape in shapes]
         for c in comparisons:
             if not c.moments:
-                c.moments = [{k: CrossMoments() for k in ("all", "even", "odd")}
-                             for _ in shapes]  # fmt: skip
+                c.moments = [{k: CrossMoments() for k in ("even", "odd")} for _ in shapes]
             for stage, moments in enumerate(c.moments):
                 for room, index in enumerate(indices):
-                    for key in ("all", ("even", "odd")[index % 2]):
-                        add_map_pair(moments[key], maps[c.a][stage][room],
-                                     maps[c.b][stage][room], cells[stage][room])  # fmt: skip
+                    add_map_pair(moments[("even", "odd")[index % 2]], maps[c.a][stage][room],
+                                 maps[c.b][stage][room], cells[stage][room])  # fmt: skip
         logging.info("rooms %d-%d of %d", indices[0], indices[-1], len(scenes))
 
 
@@ -186,7 +177,7 @@ def summarise(comparisons: list[Comparison], ridge: float) -> list[dict[str, Any
     for kind in kinds:
         mine = [c for c in comparisons if c.kind == kind]
         row: dict[str, Any] = {"kind": kind, "pairs": [[c.a, c.b] for c in mine]}
-        for name, measure_of in (("cka", lambda m: m["all"].linear_cka()),
+        for name, measure_of in (("cka", lambda m: (m["even"] + m["odd"]).linear_cka()),
                                  ("recovery", lambda m: recovery(m, ridge))):  # fmt: skip
             each = [[measure_of(m) for m in c.moments] for c in mine]
             stages = list(zip(*each, strict=True))
@@ -260,13 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         scenes = json.loads(Path(args.split).read_text())["test"][: args.rooms]
-        makers, comparisons, pairs = plan(args)
-        sources = {name: make() for name, make in makers.items()}
+        sources, comparisons, pairs = plan(args)
     except (ValueError, FileNotFoundError, KeyError) as error:
         parser.error(str(error))
-    randoms: dict[str, Callable[[], EncoderSource]] = {}
-    add_random(randoms, comparisons, sources[pairs[0]["mae"]], tuple(args.random_seeds))
-    sources.update({name: make() for name, make in randoms.items()})
+    randoms, comparison = random_pair(sources[pairs[0]["mae"]], tuple(args.random_seeds))
+    sources.update(randoms)
+    comparisons.append(comparison)
     measure(sources, comparisons, args.store, scenes, args.resolution, args.batch_size)
     rows = summarise(comparisons, args.ridge)
     changes = weight_changes(sources, pairs)

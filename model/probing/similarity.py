@@ -64,6 +64,16 @@ class CrossMoments:
         self._products[1] += y.T @ y
         self._products[2] += x.T @ y
 
+    def __add__(self, other: CrossMoments) -> CrossMoments:
+        """The sums over the cells of both (two halves of the rooms make the whole)."""
+        if self._sums is None or other._sums is None:
+            return other if self._sums is None else self
+        out = CrossMoments()
+        out.count = self.count + other.count
+        out._sums = [a + b for a, b in zip(self._sums, other._sums, strict=True)]
+        out._products = [a + b for a, b in zip(self._products, other._products, strict=True)]
+        return out
+
     def sums(self) -> tuple[int, Tensor, Tensor, Tensor, Tensor, Tensor]:
         """``(n, sum x, sum y, X^T X, Y^T Y, X^T Y)`` of the cells added."""
         if self._sums is None:
@@ -112,11 +122,11 @@ def linear_recovery(fit: CrossMoments, held_out: CrossMoments, ridge: float = 1e
     # x ~ mx + (y - my) @ coef, coef (q, p)
     coef = torch.linalg.solve(cyy + strength * torch.eye(q, dtype=cyy.dtype), cxy.T)
     n, hx, hy, xx, yy, xy = held_out.sums()
-    # held-out sums of the centred products, centred at the fitted means
-    cxx_h = xx - torch.outer(hx, mx) - torch.outer(mx, hx) + n * torch.outer(mx, mx)
+    # held-out sums of the centred products, centred at the fitted means (of x's, the trace)
+    sxx_h = xx.trace() - 2 * hx @ mx + n * mx @ mx
     cyy_h = yy - torch.outer(hy, my) - torch.outer(my, hy) + n * torch.outer(my, my)
     cxy_h = xy - torch.outer(hx, my) - torch.outer(mx, hy) + n * torch.outer(mx, my)
-    residual = cxx_h.trace() - 2 * (cxy_h * coef.T).sum() + (coef.T @ cyy_h @ coef).trace()
+    residual = sxx_h - 2 * (cxy_h * coef.T).sum() + (coef.T @ cyy_h @ coef).trace()
     total = xx.trace() - hx.square().sum() / n  # about the held-out cells' own mean
     if total <= 0:
         return math.nan
