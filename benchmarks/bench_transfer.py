@@ -11,8 +11,9 @@ and ``by_class`` (each class its own material recipe); both with parts thickened
 
 For each arm, objective (``--objectives``, :data:`model.tasks.objectives.OBJECTIVES`) and
 pretraining seed one ``tiny`` MAE is pretrained (checkpoints every ``--probe-every`` steps
-are kept for ``bench_probe.py``). For each labelled budget and fine-tuning seed the task is
-fine-tuned from scratch and from every pretrained encoder, with one protocol for all
+are kept for ``bench_probe.py``). For each labelled budget and fine-tuning seed (which also
+picks the labelled rooms: seed ``s`` its ``s``-th window of the pool, ``--labelled-rooms``)
+the task is fine-tuned from scratch and from every pretrained encoder, with one protocol for all
 (``--finetune-lr`` for the new parts, ``--carried-lr-scale`` times that for the weights
 pretraining sets, frozen for the first ``--frozen-warmup`` of the steps). Each pretrained
 run is paired with the scratch run of the same fine-tuning seed; the gain is the mean
@@ -212,12 +213,24 @@ def run_pretraining(args, store: str, scenes: list[str], objective: str, seed: i
     return pretrain(config)
 
 
+def labelled_rooms(pool: list[str], budget: int, seed: int, policy: str) -> list[str]:
+    """The rooms one fine-tuning run learns from. ``first``: the pool's first ``budget`` for
+    every seed, so at one labelled room every pair reads the same room and the interval
+    over pairs says nothing about the choice of room. ``by_seed``: seed ``s`` reads the
+    ``s``-th window of ``budget`` rooms (wrapping round the pool), so pairs of different
+    seeds read different labels and the interval over pairs spans them; seed 0 reads what
+    ``first`` reads."""
+    if policy == "first":
+        return pool[:budget]
+    return [pool[(seed * budget + i) % len(pool)] for i in range(budget)]
+
+
 def run_finetuning(args, store: str, sets: dict[str, list[str]], budget: int, seed: int,
                    pretrained: str | None, out: Path) -> dict[str, Any]:  # fmt: skip
     """One fine-tuning run, its best checkpoint on the validation rooms scored on the test
     rooms (with each test room's metric state, for the bootstrap)."""
     done = out / "test.pt"
-    labelled = sets["pool"][:budget]
+    labelled = labelled_rooms(sets["pool"], budget, seed, args.labelled_rooms)
     batch = min(args.finetune_batch, budget)
     # the settings a finished run must share with this invocation to be reused
     protocol = {"max_steps": args.finetune_steps, "lr": args.finetune_lr,
@@ -447,6 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-rooms", type=int, default=48)
     p.add_argument("--budgets", type=int, nargs="+", default=[1, 2, 8],
                    help="labelled rooms per fine-tuning run (the smallest: the summary's)")
+    p.add_argument("--labelled-rooms", choices=("by_seed", "first"), default="by_seed",
+                   help="which pool rooms a fine-tuning seed labels: its own window of the "
+                        "pool, or the pool's first for every seed (the first six rounds)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3],
                    help="fine-tuning seeds (each pairs a pretrained with a scratch run)")
     p.add_argument("--pretrain-seeds", type=int, nargs="+", default=[0, 1])
@@ -516,7 +532,8 @@ def name_parts(args: argparse.Namespace) -> tuple[str, str, str]:
     head = ("" if args.head == "token" else f"_{args.head}") + (
         f"_{args.pretrain_tag}" if args.pretrain_tag else "")
     protocol = (f"_{args.finetune_tag}" if args.finetune_tag else "") + (
-        "_frozen" if args.freeze_encoder else "")
+        "_frozen" if args.freeze_encoder else "") + (
+        "_labelsfirst" if args.labelled_rooms == "first" else "")
     start = f"_share{args.carried_share:g}" if args.carried_share < 1 else ""
     start += f"_at{args.from_step}" if args.from_step is not None else ""
     return head, protocol, start

@@ -182,5 +182,18 @@ def test_settings_other_than_the_benchmarks_mark_the_run_names(bench):
     assert bench.name_parts(parse([])) == ("", "", "")
     head, protocol, start = bench.name_parts(parse(
         ["--pretrain-tag", "r1024", "--finetune-tag", "f500", "--freeze-encoder",
-         "--carried-share", "0.5", "--from-step", "200"]))  # fmt: skip
-    assert (head, protocol, start) == ("_r1024", "_f500_frozen", "_share0.5_at200")
+         "--carried-share", "0.5", "--from-step", "200", "--labelled-rooms", "first"]))  # fmt: skip
+    assert (head, protocol, start) == ("_r1024", "_f500_frozen_labelsfirst", "_share0.5_at200")
+
+
+def test_each_fine_tuning_seed_labels_its_own_window_of_the_pool(bench):
+    pool = [f"room{i}" for i in range(5)]
+    assert [bench.labelled_rooms(pool, 1, s, "by_seed") for s in range(3)] == [
+        ["room0"], ["room1"], ["room2"]]
+    # windows of two: disjoint while the pool lasts, then wrapping round it
+    assert bench.labelled_rooms(pool, 2, 1, "by_seed") == ["room2", "room3"]
+    assert bench.labelled_rooms(pool, 2, 2, "by_seed") == ["room4", "room0"]
+    # seed 0 reads what every seed read before: the pool's first rooms
+    assert all(bench.labelled_rooms(pool, b, 0, "by_seed") == pool[:b] for b in (1, 2, 5))
+    assert {tuple(bench.labelled_rooms(pool, 2, s, "first")) for s in range(4)} == {
+        ("room0", "room1")}
