@@ -622,6 +622,8 @@ def main(argv: list[str] | None = None) -> int:
                     runs.append({"arm": arm, "budget": budget, "seed": seed, "init": init,
                                  "pretrain_seed": pseed, "best_step": summary["best_step"],
                                  "seconds": result["seconds"], "run_dir": str(out),
+                                 "labelled": labelled_rooms(sets["pool"], budget, seed,
+                                                            args.labelled_rooms),
                                  **{f"val_{k}": summary.get(f"best_val_{k}")
                                     for k in (key,)},
                                  **{k: test.get(k) for k, _ in METRICS[args.task]}})  # fmt: skip
