@@ -162,6 +162,44 @@ def test_nms_hand_example():
     assert rotated_nms(torch.zeros(0, 7), torch.zeros(0), 0.5).tolist() == []
 
 
+def greedy_nms_over_the_matrix(boxes, scores, iou_threshold):
+    """The textbook pass: the whole IoU matrix, then each box in score order drops the
+    later ones it overlaps above the threshold."""
+    order = torch.sort(scores, descending=True, stable=True).indices
+    iou = pairwise_rotated_iou(boxes[order], boxes[order]).numpy()
+    dropped, keep = np.zeros(len(order), dtype=bool), []
+    for i in range(len(order)):
+        if not dropped[i]:
+            keep.append(i)
+            dropped |= iou[i] > iou_threshold
+    return order[keep].tolist()
+
+
+@pytest.mark.parametrize("block", [1, 3, 64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nms_keeps_what_the_full_matrix_pass_keeps(monkeypatch, block, dtype):
+    import model.detection.geometry as geometry
+
+    monkeypatch.setattr(geometry, "_NMS_BLOCK", block)
+    gen = torch.Generator().manual_seed(block)
+    # clusters of jittered copies around a few objects (a detector's candidates), loners,
+    # and tied scores
+    objects = torch.rand(6, 7, generator=gen, dtype=dtype) * torch.tensor(
+        [20, 20, 4, 3, 3, 2, 3.0], dtype=dtype) + torch.tensor([0, 0, 0, 1, 1, 1, 0], dtype=dtype)
+    copies = objects.repeat_interleave(40, 0)
+    copies = copies + 0.3 * torch.randn(copies.shape, generator=gen, dtype=dtype) * torch.tensor(
+        [1, 1, 1, 0.5, 0.5, 0.5, 1], dtype=dtype)
+    copies[:, 3:6] = copies[:, 3:6].abs() + 0.1
+    boxes = torch.cat([copies, objects + torch.tensor([40, 0, 0, 0, 0, 0, 0], dtype=dtype)])
+    scores = torch.rand(len(boxes), generator=gen, dtype=dtype).round(decimals=1)
+    counts = []
+    for threshold in (0.1, 0.5, 0.9):
+        kept = rotated_nms(boxes, scores, threshold).tolist()
+        assert kept == greedy_nms_over_the_matrix(boxes, scores, threshold)
+        counts.append(len(kept))
+    assert 6 <= counts[0] < counts[1] <= counts[2]  # the clusters were really thinned
+
+
 def test_encode_hand_case():
     # w = 10, l = 5, yaw with (cos, sin) = (0.8, 0.6): corner (+w/2, +l/2) -> (2.5, 5) is the
     # top vertex, corner (+w/2, -l/2) -> (5.5, 1) the right one, hull 11 x 10.
