@@ -55,9 +55,11 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TQDM_DISABLE", "1")  # one line per run instead of progress bars
 
 import torch  # noqa: E402
+import transfer_plots  # noqa: E402
 
 from grid_store import GridStore  # noqa: E402
 from model.metrics.detection import DetectionEvaluator  # noqa: E402
@@ -328,107 +330,14 @@ def spread(values: list[float]) -> dict[str, float]:
             "min": min(finite), "max": max(finite)}  # fmt: skip
 
 
-def plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    setup = results["setup"]
-    key, label = METRICS[setup["task"]][0]
-    arms = setup["arms"]
-    fig, axes = plt.subplots(1, len(arms), figsize=(max(8, 6 * len(arms)), 4.5), squeeze=False)
-    inits = ["scratch", *setup["objectives"], SHUFFLED]
-    colours = dict(zip(inits, ["tab:gray", "tab:blue", "tab:orange", "tab:green", "tab:purple",
-                               "tab:red"], strict=False))  # fmt: skip
-    for ax, arm in zip(axes[0], arms, strict=True):
-        for k, init in enumerate(inits):
-            rows = [r for r in results["table"] if r["arm"] == arm and r["init"] == init]
-            if not rows:
-                continue
-            x = [r["budget"] * (1 + 0.04 * (k - 1)) for r in rows]  # side by side
-            mean = [100 * r[key]["mean"] for r in rows]
-            err = [[100 * (r[key]["mean"] - r[key]["min"]) for r in rows],
-                   [100 * (r[key]["max"] - r[key]["mean"]) for r in rows]]  # fmt: skip
-            ax.errorbar(x, mean, yerr=err, marker="o", capsize=4, color=colours[init],
-                        label=f"pretrained: {init}" if init != "scratch" else "scratch")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(setup["budgets"])
-        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        ax.set_xlabel("labelled rooms")
-        ax.set_ylabel(f"test {label} (%)")
-        ax.set_title(f"rooms: textures {arm.replace('_', ' ')}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=9)
-    task = {"semantics": "semantic voxel labelling", "detect": "oriented-box detection"}
-    fig.suptitle(f"{task[setup['task']]}, {setup['preset']} at {setup['resolution']}^3, "
-                 f"{setup['scenes']['test']} test rooms: mean and min-max over runs",
-                 fontsize=11)  # fmt: skip
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def validation_curve(run_dir: str, key: str) -> list[tuple[int, float]]:
-    """``(step, value)`` of the run's ``val/<key>`` (its TensorBoard scalars)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(Path(run_dir) / "tb"), size_guidance={"scalars": 0})
-    events.Reload()
-    tag = f"val/{key}"
-    if tag not in events.Tags()["scalars"]:
-        return []
-    return [(e.step, e.value) for e in events.Scalars(tag)]
-
-
-def plot_curves(results: dict[str, Any], path: Path) -> None:
-    """Validation headline against fine-tuning step, one panel per arm and budget, one line
-    per run (colour by init): where each run's best checkpoint came from, and whether the
-    schedule ended before the score stopped rising."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    setup = results["setup"]
-    key, label = METRICS[setup["task"]][0]
-    panels = sorted({(r["arm"], r["budget"]) for r in results["runs"]})
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
-    inits = ["scratch", *setup["objectives"], SHUFFLED]
-    colours = dict(zip(inits, ["tab:gray", "tab:blue", "tab:orange", "tab:green", "tab:purple",
-                               "tab:red"], strict=False))  # fmt: skip
-    for ax, (arm, budget) in zip(axes[0], panels, strict=True):
-        labelled = set()
-        for run in (r for r in results["runs"] if (r["arm"], r["budget"]) == (arm, budget)):
-            curve = validation_curve(run["run_dir"], key)
-            if not curve:
-                continue
-            steps, values = zip(*curve, strict=True)
-            name = run["init"] if run["init"] == "scratch" else f"pretrained: {run['init']}"
-            ax.plot(steps, [100 * v for v in values], color=colours[run["init"]], alpha=0.8,
-                    marker=".", label=None if name in labelled else name)  # fmt: skip
-            labelled.add(name)
-            ax.plot(run["best_step"], 100 * run[f"val_{key}"], marker="*", markersize=11,
-                    color=colours[run["init"]])  # fmt: skip
-        ax.set_xlabel("fine-tuning step")
-        ax.set_ylabel(f"validation {label} (%)")
-        ax.set_title(f"textures {arm.replace('_', ' ')}, {budget} labelled rooms")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=9)
-    fig.suptitle(f"validation {label} along fine-tuning (star: the checkpoint scored on the "
-                 f"{setup['scenes']['test']} test rooms)", fontsize=11)  # fmt: skip
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", type=Path, default=Path("bench_out/transfer"))
     p.add_argument("--out", type=Path, default=Path("bench_out/bench_transfer.json"))
     p.add_argument("--plot", type=Path, help="PNG of score against labelled rooms")
+    p.add_argument("--rooms-plot", type=Path,
+                   help="PNG of each fine-tuning seed's score at the smallest budget, scratch "
+                        "beside pretrained, against the rooms it labelled")
     p.add_argument("--curves", type=Path,
                    help="PNG of each fine-tuning run's validation score against its step")
     p.add_argument("--task", choices=tuple(METRICS), default="detect")
@@ -695,12 +604,12 @@ def main(argv: list[str] | None = None) -> int:
     print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    if args.plot:
-        plot(results, args.plot)
-        print(f"plot: {args.plot}")
-    if args.curves:
-        plot_curves(results, args.curves)
-        print(f"curves: {args.curves}")
+    figures = [(args.plot, transfer_plots.plot_budgets), (args.curves, transfer_plots.plot_curves),
+               (args.rooms_plot, transfer_plots.plot_rooms)]  # fmt: skip
+    for path, draw in figures:
+        if path:
+            draw(results, path, METRICS[args.task][0], ["scratch", *args.objectives, SHUFFLED])
+            print(f"figure: {path}")
     return 0
 
 
