@@ -28,12 +28,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-# One worker per core, each test file on one worker (module fixtures built once).
+# One worker per core; idle workers take queued tests from busy ones (the slow flow and
+# README tests otherwise leave one core idle at the end).
 test: setup
-	$(PY) -m pytest -n auto --dist loadfile
+	$(PY) -m pytest -n auto --dist worksteal
 
 test-fast: setup
-	$(PY) -m pytest -n auto --dist loadfile -m "not slow"
+	$(PY) -m pytest -n auto --dist worksteal -m "not slow"
 
 nerfstudio: $(NS_STAMP)
 
