@@ -227,12 +227,12 @@ def labelled_rooms(pool: list[str], budget: int, seed: int, policy: str) -> list
     return [pool[(seed * budget + i) % len(pool)] for i in range(budget)]
 
 
-def run_finetuning(args, store: str, sets: dict[str, list[str]], budget: int, seed: int,
-                   pretrained: str | None, out: Path) -> dict[str, Any]:  # fmt: skip
+def run_finetuning(args, store: str, sets: dict[str, list[str]], labelled: list[str],
+                   seed: int, pretrained: str | None, out: Path) -> dict[str, Any]:  # fmt: skip
     """One fine-tuning run, its best checkpoint on the validation rooms scored on the test
     rooms (with each test room's metric state, for the bootstrap)."""
     done = out / "test.pt"
-    labelled = labelled_rooms(sets["pool"], budget, seed, args.labelled_rooms)
+    budget = len(labelled)
     batch = min(args.finetune_batch, budget)
     # the settings a finished run must share with this invocation to be reused
     protocol = {"max_steps": args.finetune_steps, "lr": args.finetune_lr,
@@ -509,6 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     for arm in args.arms:
         for budget in args.budgets:
             for seed in args.seeds:
+                labelled = labelled_rooms(sets["pool"], budget, seed, args.labelled_rooms)
                 inits = [("scratch", None, None)] + [
                     (objective, pseed, pretrained[arm, objective, pseed])
                     for objective in args.objectives for pseed in args.pretrain_seeds
@@ -523,16 +524,15 @@ def main(argv: list[str] | None = None) -> int:
                            f"{name}{protocol}")  # fmt: skip
                     if args.finished_only and not (out / "test.pt").is_file():
                         continue
-                    result = run_finetuning(args, stores[arm], sets, budget, seed, checkpoint,
-                                            out)  # fmt: skip
+                    result = run_finetuning(args, stores[arm], sets, labelled, seed,
+                                            checkpoint, out)  # fmt: skip
                     seconds["finetune"] += result["seconds"]
                     test, summary = result["test"], result["summary"]
                     states[arm, budget, seed, init, pseed] = test["scene_states"]
                     runs.append({"arm": arm, "budget": budget, "seed": seed, "init": init,
                                  "pretrain_seed": pseed, "best_step": summary["best_step"],
                                  "seconds": result["seconds"], "run_dir": str(out),
-                                 "labelled": labelled_rooms(sets["pool"], budget, seed,
-                                                            args.labelled_rooms),
+                                 "labelled": labelled,
                                  **{f"val_{k}": summary.get(f"best_val_{k}")
                                     for k in (key,)},
                                  **{k: test.get(k) for k, _ in METRICS[args.task]}})  # fmt: skip

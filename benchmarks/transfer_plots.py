@@ -147,11 +147,10 @@ def plot_rooms(results: dict[str, Any], path: Path, headline: tuple[str, str],
         handles, names = ax.get_legend_handles_labels()
         unique = dict(zip(names, handles, strict=True))
         ax.legend(unique.values(), unique.keys(), fontsize=9)
-        runs_by_seed = {r["seed"]: r for r in mine if r["init"] == "scratch"} or {
-            r["seed"]: r for r in mine}
+        labelled = {r["seed"]: r.get("labelled") or [] for r in mine}  # one set per seed
         ax.set_xticks(range(len(seeds)))
-        ax.set_xticklabels([f"seed {s}\n" + ", ".join(runs_by_seed[s].get("labelled") or [])
-                            for s in seeds], fontsize=8)  # fmt: skip
+        ax.set_xticklabels([f"seed {s}\n" + ", ".join(labelled[s]) for s in seeds],
+                           fontsize=8)  # fmt: skip
         ax.set_ylabel(f"test {label} (%)")
         ax.set_title(f"textures {arm.replace('_', ' ')}, {budget} labelled room(s) per seed: "
                      "scratch (bar) and pretrained")  # fmt: skip
