@@ -14,8 +14,12 @@ import pytest
 
 # Keep the suite's torch work predictable on small CI machines: under pytest-xdist (`make
 # test` runs one worker per core) one thread per worker, since two threads on each of two
-# busy cores run many times slower than one.
-os.environ.setdefault("OMP_NUM_THREADS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2")
+# busy cores run many times slower than one. A worker inherits the controller's environment,
+# in which this line has already run: the worker's setting overrides it, not defaults to it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+else:
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 # Prefect reads its settings when imported: a private home and no telemetry (there is
 # no network) must be in place before the first ``import prefect``.

@@ -62,11 +62,16 @@ def wait_healthy(url: str, server: subprocess.Popen, timeout: float) -> None:
 
 def isolated_env(home: Path, **prefect: str) -> dict[str, str]:
     """This environment without inherited ``PREFECT_*``: a private ``PREFECT_HOME``,
-    telemetry off, warnings only, plus ``prefect`` settings."""
+    telemetry off, warnings only, plus ``prefect`` settings.
+
+    A process without ``PREFECT_API_URL`` starts a temporary server, and Prefect gives it
+    20 s; under ``pytest -n auto`` beside other work that has run out (seen at 12-07), so
+    it gets the session harness's 120 s."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(
         PREFECT_HOME=str(home),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
         PREFECT_LOGGING_LEVEL="WARNING",
         **prefect,
     )
