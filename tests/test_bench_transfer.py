@@ -1,6 +1,7 @@
 """The transfer benchmark's own arithmetic and plumbing (benchmarks/bench_transfer.py,
-benchmarks/pack_pretraining.py): the paired gain and its bootstrap on hand-made room
-states, and a pretraining run packed on one machine and reused on another."""
+transfer_runs.py, transfer_stats.py, pack_pretraining.py): the paired gain and its bootstrap
+on hand-made room states, and a pretraining run packed on one machine and reused on
+another."""
 
 from __future__ import annotations
 
@@ -27,6 +28,16 @@ def bench():
     return load("bench_transfer")
 
 
+@pytest.fixture(scope="module")
+def runs():
+    return load("transfer_runs")
+
+
+@pytest.fixture(scope="module")
+def stats():
+    return load("transfer_stats")
+
+
 def semantic_state(right: int, wrong: int) -> dict:
     """A room's semantic state: ``right`` voxels of class 1 labelled 1, ``wrong`` labelled 2,
     and 10 voxels of class 2 labelled 2."""
@@ -35,36 +46,36 @@ def semantic_state(right: int, wrong: int) -> dict:
     return {"confusion": confusion}
 
 
-def test_the_paired_gain_is_the_mean_difference_of_pooled_scores(bench):
+def test_the_paired_gain_is_the_mean_difference_of_pooled_scores(stats):
     rooms = [f"room{i}" for i in range(6)]
     warm = {r: semantic_state(10, 0) for r in rooms}  # every voxel right: mIoU 1
     cold = {r: semantic_state(5, 5) for r in rooms}  # pooled: IoU 5/10 and 10/15
-    gain = bench.paired_gain("semantics", [(warm, cold)], rooms, draws=50, seed=0)
+    gain = stats.paired_gain("semantics", [(warm, cold)], rooms, draws=50, seed=0)
     assert gain["gain"] == pytest.approx(1 - (0.5 + 10 / 15) / 2)
     # every room alike: each resample pools to the same scores, the interval is a point
     assert gain["ci95_low"] == pytest.approx(gain["gain"])
     assert gain["ci95_high"] == pytest.approx(gain["gain"]) and gain["pairs"] == 1
-    same = bench.paired_gain("semantics", [(cold, cold)], rooms, draws=20, seed=0)
+    same = stats.paired_gain("semantics", [(cold, cold)], rooms, draws=20, seed=0)
     assert same["gain"] == 0 and same["ci95_low"] == 0 and same["ci95_high"] == 0
 
 
-def test_the_bootstrap_interval_spans_rooms_that_disagree(bench):
+def test_the_bootstrap_interval_spans_rooms_that_disagree(stats):
     rooms = [f"room{i}" for i in range(8)]
     # pretraining helps on half the rooms and hurts as much on the others
     warm = {r: semantic_state(10, 0) if i % 2 else semantic_state(0, 10)
             for i, r in enumerate(rooms)}  # fmt: skip
     cold = {r: semantic_state(5, 5) for r in rooms}
-    gain = bench.paired_gain("semantics", [(warm, cold)], rooms, draws=400, seed=1)
+    gain = stats.paired_gain("semantics", [(warm, cold)], rooms, draws=400, seed=1)
     assert gain["ci95_low"] < gain["gain"] < gain["ci95_high"]
     assert gain["ci95_low"] < 0 < gain["ci95_high"]
 
 
-def test_pairs_that_disagree_widen_only_the_interval_over_pairs(bench):
+def test_pairs_that_disagree_widen_only_the_interval_over_pairs(stats):
     rooms = [f"room{i}" for i in range(6)]
     right = {r: semantic_state(10, 0) for r in rooms}  # mIoU 1 in every room
     wrong = {r: semantic_state(0, 10) for r in rooms}  # IoU 0 and 10/20: mIoU 1/4
     # one fine-tuning seed gains 3/4, the other loses 3/4, alike in every room
-    gain = bench.paired_gain("semantics", [(right, wrong), (wrong, right)], rooms, draws=300,
+    gain = stats.paired_gain("semantics", [(right, wrong), (wrong, right)], rooms, draws=300,
                              seed=2)  # fmt: skip
     assert gain["pair_gains"] == pytest.approx([0.75, -0.75]) and gain["gain"] == 0
     assert gain["ci95_low"] == pytest.approx(0) and gain["ci95_high"] == pytest.approx(0)
@@ -72,7 +83,9 @@ def test_pairs_that_disagree_widen_only_the_interval_over_pairs(bench):
     assert gain["ci95_pairs_high"] == pytest.approx(0.75)
 
 
-def test_a_pretraining_run_packed_elsewhere_is_reused_with_its_own_checkpoint(bench, tmp_path):
+def test_a_pretraining_run_packed_elsewhere_is_reused_with_its_own_checkpoint(
+    bench, runs, tmp_path
+):
     import dataclasses
 
     from model import build_mae, get_config
@@ -112,35 +125,35 @@ def test_a_pretraining_run_packed_elsewhere_is_reused_with_its_own_checkpoint(be
         assert middle["model"][name].dtype == torch.float16
     # a bench run on this machine takes the run as done, with the checkpoint beside it
     args = bench.build_parser().parse_args(["--pretrain-steps", "30"])
-    metrics = bench.run_pretraining(args, "", scenes, "structure_first", 0, folder)
+    metrics = runs.run_pretraining(args, "", scenes, "structure_first", 0, folder)
     assert metrics["checkpoint"] == str(folder / "checkpoints" / "step_000030.pt")
     with pytest.raises(SystemExit, match="objective='structure_first'"):  # not the run asked
-        bench.run_pretraining(args, "", scenes, "paper", 0, folder)
+        runs.run_pretraining(args, "", scenes, "paper", 0, folder)
 
 
-def test_a_finished_run_of_other_settings_is_refused_by_name(bench, tmp_path):
+def test_a_finished_run_of_other_settings_is_refused_by_name(runs, tmp_path):
     run = tmp_path / "detect_independent_d0_b2_s0_scratch"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"config": {"max_steps": 200, "lr": 1e-3}}))
-    bench.check_reuse(run, {"max_steps": 200, "lr": 1e-3, "not_recorded": 1})
+    runs.check_reuse(run, {"max_steps": 200, "lr": 1e-3, "not_recorded": 1})
     with pytest.raises(SystemExit, match="max_steps=200, this invocation asks 500.*--finetune-tag"):
-        bench.check_reuse(run, {"max_steps": 500, "lr": 1e-3})
+        runs.check_reuse(run, {"max_steps": 500, "lr": 1e-3})
     # a setting younger than the run: its absence means the default, and only the default
-    bench.check_reuse(run, {"carried_stages": None, "network": "skip", "carried_share": 1.0})
+    runs.check_reuse(run, {"carried_stages": None, "network": "skip", "carried_share": 1.0})
     with pytest.raises(SystemExit, match="carried_stages=None, this invocation asks 1"):
-        bench.check_reuse(run, {"carried_stages": 1})
+        runs.check_reuse(run, {"carried_stages": 1})
     with pytest.raises(SystemExit, match="carried_share=1.0, this invocation asks 0.5"):
-        bench.check_reuse(run, {"carried_share": 0.5})
+        runs.check_reuse(run, {"carried_share": 0.5})
 
 
-def test_from_step_picks_the_kept_checkpoint_or_names_the_kept_ones(bench, tmp_path):
+def test_from_step_picks_the_kept_checkpoint_or_names_the_kept_ones(runs, tmp_path):
     kept = tmp_path / "pretrain_run" / "checkpoints"
     kept.mkdir(parents=True)
     for step in (200, 400):
         (kept / f"step_{step:06d}.pt").write_bytes(b"")
-    assert bench.checkpoint_at(tmp_path / "pretrain_run", 400) == str(kept / "step_000400.pt")
+    assert runs.checkpoint_at(tmp_path / "pretrain_run", 400) == str(kept / "step_000400.pt")
     with pytest.raises(SystemExit, match=r"--from-step 300.*step_000200.pt', 'step_000400.pt"):
-        bench.checkpoint_at(tmp_path / "pretrain_run", 300)
+        runs.checkpoint_at(tmp_path / "pretrain_run", 300)
 
 
 def test_tempering_scales_the_attention_logits_by_the_square_and_nothing_else():
@@ -186,14 +199,14 @@ def test_settings_other_than_the_benchmarks_mark_the_run_names(bench):
     assert (head, protocol, start) == ("_r1024", "_f500_frozen_labelsfirst", "_share0.5_at200")
 
 
-def test_each_fine_tuning_seed_labels_its_own_window_of_the_pool(bench):
+def test_each_fine_tuning_seed_labels_its_own_window_of_the_pool(runs):
     pool = [f"room{i}" for i in range(5)]
-    assert [bench.labelled_rooms(pool, 1, s, "by_seed") for s in range(3)] == [
+    assert [runs.labelled_rooms(pool, 1, s, "by_seed") for s in range(3)] == [
         ["room0"], ["room1"], ["room2"]]
     # windows of two: disjoint while the pool lasts, then wrapping round it
-    assert bench.labelled_rooms(pool, 2, 1, "by_seed") == ["room2", "room3"]
-    assert bench.labelled_rooms(pool, 2, 2, "by_seed") == ["room4", "room0"]
+    assert runs.labelled_rooms(pool, 2, 1, "by_seed") == ["room2", "room3"]
+    assert runs.labelled_rooms(pool, 2, 2, "by_seed") == ["room4", "room0"]
     # seed 0 reads what every seed read before: the pool's first rooms
-    assert all(bench.labelled_rooms(pool, b, 0, "by_seed") == pool[:b] for b in (1, 2, 5))
-    assert {tuple(bench.labelled_rooms(pool, 2, s, "first")) for s in range(4)} == {
+    assert all(runs.labelled_rooms(pool, b, 0, "by_seed") == pool[:b] for b in (1, 2, 5))
+    assert {tuple(runs.labelled_rooms(pool, 2, s, "first")) for s in range(4)} == {
         ("room0", "room1")}
