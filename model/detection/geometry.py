@@ -158,6 +158,15 @@ def rotated_iou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-9) -> torch.Te
     return (inter / union).reshape(lead)
 
 
+def may_overlap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(..., 7)``, ``(..., 7)`` (broadcast) -> ``(...)`` bool: the boxes' BEV circumscribed
+    circles and their z intervals meet. Pairs where this is False have IoU 0, so
+    :func:`pairwise_rotated_iou` and :func:`rotated_nms` compute only the others."""
+    reach = 0.5 * (torch.hypot(a[..., 3], a[..., 4]) + torch.hypot(b[..., 3], b[..., 4]))
+    apart = torch.hypot(a[..., 0] - b[..., 0], a[..., 1] - b[..., 1]) > reach + 1e-6
+    return ~apart & ((a[..., 2] - b[..., 2]).abs() < (a[..., 5] + b[..., 5]) / 2)
+
+
 @torch.no_grad()
 def pairwise_rotated_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``(N, 7)``, ``(M, 7)`` -> ``(N, M)`` 3D IoU of every pair, without gradient.
@@ -172,25 +181,12 @@ def pairwise_rotated_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     out = a.new_zeros(a.shape[0], b.shape[0])
     if out.numel() == 0:
         return out
-    ra = 0.5 * torch.hypot(a[:, 3], a[:, 4])
-    rb = 0.5 * torch.hypot(b[:, 3], b[:, 4])
-    near = torch.cdist(a[:, :2], b[:, :2]) <= ra[:, None] + rb[None] + 1e-6
-    dz = (a[:, None, 2] - b[None, :, 2]).abs()
-    near &= dz < (a[:, None, 5] + b[None, :, 5]) / 2
-    rows, cols = near.nonzero(as_tuple=True)
+    rows, cols = may_overlap(a[:, None], b[None]).nonzero(as_tuple=True)
     for start in range(0, rows.numel(), _PAIR_CHUNK):
         i = rows[start : start + _PAIR_CHUNK]
         j = cols[start : start + _PAIR_CHUNK]
         out[i, j] = rotated_iou(a[i], b[j])
     return out
-
-
-def _near(centre: np.ndarray, radius: np.ndarray, z: np.ndarray, half: np.ndarray,
-          i: np.ndarray, j: np.ndarray) -> np.ndarray:  # fmt: skip
-    """Pairs ``(i, j)`` that can overlap: BEV circumscribed circles and z intervals meet
-    (the test :func:`pairwise_rotated_iou` applies before computing a pair)."""
-    apart = np.hypot(*(centre[i] - centre[j]).T) > radius[i] + radius[j] + 1e-6
-    return ~apart & (np.abs(z[i] - z[j]) < half[i] + half[j])
 
 
 @torch.no_grad()
@@ -213,22 +209,21 @@ def rotated_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float)
             f"scores {tuple(scores.shape)} must be (N,) for boxes {tuple(boxes.shape)}"
         )
     order = torch.sort(scores, descending=True, stable=True).indices
-    ranked = boxes[order]
-    numbers = ranked.detach().double().cpu().numpy()
-    geometry = (numbers[:, :2], 0.5 * np.hypot(numbers[:, 3], numbers[:, 4]), numbers[:, 2],
-                numbers[:, 5] / 2)  # fmt: skip
+    ranked = boxes[order].detach()
 
     def above(i: np.ndarray, j: np.ndarray) -> np.ndarray:
-        """``iou(i, j) > iou_threshold`` for pairs of ranks, computing only near pairs."""
+        """``iou(i, j) > iou_threshold`` for pairs of ranks, computing only pairs that
+        :func:`may_overlap`."""
         hit = np.zeros(len(i), dtype=bool)
-        near = np.flatnonzero(_near(*geometry, i, j))
-        for first in range(0, near.size, _PAIR_CHUNK):
+        a, b = (ranked[torch.from_numpy(k).to(ranked.device)] for k in (i, j))
+        near = may_overlap(a, b).nonzero().flatten()
+        for first in range(0, near.numel(), _PAIR_CHUNK):
             chunk = near[first : first + _PAIR_CHUNK]
-            a, b = (ranked[torch.from_numpy(k[chunk])] for k in (i, j))
-            hit[chunk] = rotated_iou(a, b).cpu().numpy() > iou_threshold
+            iou = rotated_iou(a[chunk], b[chunk])
+            hit[chunk.cpu().numpy()] = (iou > iou_threshold).cpu().numpy()
         return hit
 
-    standing = np.ones(len(numbers), dtype=bool)
+    standing = np.ones(len(ranked), dtype=bool)
     keep: list[np.ndarray] = []
     start = 0
     while (block := start + np.flatnonzero(standing[start:])[:_NMS_BLOCK]).size:
