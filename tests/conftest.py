@@ -48,6 +48,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """A test that sets torch's thread count (a benchmark's ``main``, a CLI's ``--threads``)
+    must not leave it to the tests its worker runs next: under xdist that is two threads on
+    each of two busy cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def lego_dir() -> Path:
     """The real Blender lego scene at 200x200, or a clean skip where it is absent."""
