@@ -154,8 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "16-voxel blocks at 160^3 scaled to 64^3)")
     p.add_argument("--probe-every", type=int, default=200,
                    help="pretraining checkpoints kept for bench_probe.py")
-    p.add_argument("--finetune-steps", type=int, default=500,
-                   help="long enough for scratch runs to plateau at 2 rooms (the first round: 200)")
+    p.add_argument("--finetune-steps", type=int, default=1000,
+                   help="near the plateau at 1 labelled room (batch 1): from 500 to 1000 steps "
+                        "scratch gained 8.4 AP50 (BENCHMARKS.md, eighth round); 2 rooms "
+                        "plateau by 500")
     p.add_argument("--finetune-batch", type=int, default=4)
     p.add_argument("--finetune-lr", type=float, default=1e-3)
     p.add_argument("--finetune-tag", default="",
