@@ -6,13 +6,12 @@ are refused."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from benchmark_scripts import load_benchmark
 
 from grid_store import GridStore
 from model.networks.detector import Detector, DetectorConfig
@@ -22,7 +21,6 @@ from model.training.checkpointing import DataPosition, make_checkpoint, save_che
 from pipeline.synthetic.ground_truth import sample_ground_truth
 from pipeline.synthetic.room import make_room
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_kept.py"
 SIZE = 32
 NUDGE = 0.02
 
@@ -80,14 +78,6 @@ def runs(tmp_path_factory):
     }  # fmt: skip
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_kept", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_kept"] = module  # its dataclass resolves annotations through it
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_a_detectors_source_reads_its_encoder_stages_not_its_fpn(runs):
     source = checkpoint_source(runs["pretrained"][0] / "checkpoints" / "best.pt")
     maps = source.maps(torch.rand(1, 4, SIZE, SIZE, SIZE), torch.ones(1, SIZE, SIZE, SIZE))
@@ -95,7 +85,7 @@ def test_a_detectors_source_reads_its_encoder_stages_not_its_fpn(runs):
 
 
 def test_kept_is_high_for_a_nudged_encoder_and_the_change_is_the_nudge(runs, tmp_path, capsys):
-    bench = load_bench()
+    bench = load_benchmark("bench_kept")
     out = tmp_path / "kept.json"
     argv = ["--store", runs["store"], "--split", str(runs["root"] / "split.json"),
             "--scratch", *map(str, runs["scratch"]), "--pretrained", *map(str, runs["pretrained"]),
@@ -121,7 +111,7 @@ def test_kept_is_high_for_a_nudged_encoder_and_the_change_is_the_nudge(runs, tmp
 
 
 def test_runs_that_do_not_pair_are_refused(runs, tmp_path):
-    bench = load_bench()
+    bench = load_benchmark("bench_kept")
     base = ["--store", runs["store"], "--split", str(runs["root"] / "split.json"),
             "--resolution", str(SIZE), "--out", str(tmp_path / "k.json")]
     swapped = [*base, "--scratch", *map(str, runs["scratch"]),

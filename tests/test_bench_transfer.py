@@ -5,37 +5,27 @@ another."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import tarfile
-from pathlib import Path
 
 import pytest
 import torch
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from benchmark_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    return load("bench_transfer")
+    return load_benchmark("bench_transfer")
 
 
 @pytest.fixture(scope="module")
 def runs():
-    return load("transfer_runs")
+    return load_benchmark("transfer_runs")
 
 
 @pytest.fixture(scope="module")
 def stats():
-    return load("transfer_stats")
+    return load_benchmark("transfer_stats")
 
 
 def semantic_state(right: int, wrong: int) -> dict:
@@ -108,7 +98,7 @@ def test_a_pretraining_run_packed_elsewhere_is_reused_with_its_own_checkpoint(
         "scenes": scenes, "max_steps": 30, "batch_size": 4, "lr": 1e-3,
         "objective": "structure_first", "shuffle_targets": False}}))  # fmt: skip
 
-    packed = load("pack_pretraining").pack_run(run, tmp_path / "out", 2**30)
+    packed = load_benchmark("pack_pretraining").pack_run(run, tmp_path / "out", 2**30)
     here = tmp_path / "work"
     with tarfile.open(packed) as tar:
         names = tar.getnames()
@@ -159,7 +149,7 @@ def test_from_step_picks_the_kept_checkpoint_or_names_the_kept_ones(runs, tmp_pa
 def test_tempering_scales_the_attention_logits_by_the_square_and_nothing_else():
     from model.networks.swin3d import WindowAttention3D
 
-    temper = load("temper_attention")
+    temper = load_benchmark("temper_attention")
     torch.manual_seed(0)
     attention = WindowAttention3D(dim=8, num_heads=2, window=2, shift=0)
     x = torch.randn(1, 2, 2, 2, 8)

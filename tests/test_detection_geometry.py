@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from benchmark_scripts import load_benchmark
 from shapely.geometry import Polygon
 
 from grid_store import boxes as np_boxes
@@ -162,22 +163,16 @@ def test_nms_hand_example():
     assert rotated_nms(torch.zeros(0, 7), torch.zeros(0), 0.5).tolist() == []
 
 
+@pytest.fixture(scope="module")
 def full_matrix_nms():
     """The textbook pass rotated_nms replaced (the whole IoU matrix, then each box in score
     order drops the later ones above the threshold), kept in ``benchmarks/bench_nms.py``."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_nms.py"
-    spec = importlib.util.spec_from_file_location("bench_nms", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.full_matrix_nms
+    return load_benchmark("bench_nms").full_matrix_nms
 
 
 @pytest.mark.parametrize("block", [1, 3, 64])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_nms_keeps_what_the_full_matrix_pass_keeps(monkeypatch, block, dtype):
+def test_nms_keeps_what_the_full_matrix_pass_keeps(full_matrix_nms, monkeypatch, block, dtype):
     import model.detection.geometry as geometry
 
     monkeypatch.setattr(geometry, "_NMS_BLOCK", block)
@@ -192,10 +187,10 @@ def test_nms_keeps_what_the_full_matrix_pass_keeps(monkeypatch, block, dtype):
     copies[:, 3:6] = copies[:, 3:6].abs() + 0.1
     boxes = torch.cat([copies, objects + torch.tensor([40, 0, 0, 0, 0, 0, 0], dtype=dtype)])
     scores = torch.rand(len(boxes), generator=gen, dtype=dtype).round(decimals=1)
-    counts, reference = [], full_matrix_nms()
+    counts = []
     for threshold in (0.1, 0.5, 0.9):
         kept = rotated_nms(boxes, scores, threshold).tolist()
-        assert kept == reference(boxes, scores, threshold).tolist()
+        assert kept == full_matrix_nms(boxes, scores, threshold).tolist()
         counts.append(len(kept))
     assert 6 <= counts[0] < counts[1] <= counts[2]  # the clusters were really thinned
 

@@ -3,19 +3,15 @@ a reader needs are there (box pictures: test_detection_pictures.py)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
+from benchmark_scripts import load_benchmark
 
 from grid_store import RadianceGrid
 from model.pictures import dense, reconstruction
 from model.pictures.reconstruction import ceiling_cut, surface_height
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_grid_fidelity.py"
 
 
 @pytest.fixture(autouse=True)
@@ -101,9 +97,7 @@ def test_reconstruction_looks_under_the_ceiling_with_a_height_colour_bar(drawn, 
 
 
 def test_fidelity_slices_have_a_labelled_colour_bar(monkeypatch, tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_grid_fidelity", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_grid_fidelity")
     figures = []
     monkeypatch.setattr(plt, "close", figures.append)  # keep the figure open to read it
     rgba = room()

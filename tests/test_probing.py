@@ -5,15 +5,14 @@ encoder's features of real rooms, and bad input refused by name."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from benchmark_scripts import load_benchmark
 
 from grid_store import GridStore, RadianceGrid
 from model.networks.presets import build_mae, get_config
@@ -35,7 +34,6 @@ from pipeline.synthetic.ground_truth import sample_ground_truth
 from pipeline.synthetic.room import make_room
 
 torch.set_num_threads(1)
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_probe.py"
 
 
 def voxels(*index) -> torch.Tensor:
@@ -305,9 +303,7 @@ def pretraining_run(tmp_path, steps) -> str:
 
 
 def test_bench_probe_probes_every_step_of_a_run_and_the_controls(room_store, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("bench_probe", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_probe")
     run = pretraining_run(tmp_path, [5, 10, 15])
     out = tmp_path / "probe.json"
     assert bench.main(["--store", room_store, "--train-scenes", "room0", "--test-scenes",
