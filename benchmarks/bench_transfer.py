@@ -65,9 +65,10 @@ from transfer_runs import (  # noqa: E402
     room_ids,
     run_finetuning,
     run_pretraining,
+    validation_curve,
     write_rooms,
 )
-from transfer_stats import paired_gain, spread  # noqa: E402
+from transfer_stats import paired_gain, spread, validation_gap  # noqa: E402
 
 SETS = {"pretrain": 10_000, "pool": 0, "val": 20_000, "test": 5_000}
 """First room seed of each set (``--data-seed N`` adds ``N * DATA_SEED_STRIDE``)."""
@@ -324,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
                                **paired_gain(args.task, pairs, sets["test"], args.bootstrap,
                                              args.data_seed)})  # fmt: skip
     seconds["bootstrap"] = time.perf_counter() - tic
+    gaps = [{"arm": p["arm"], "budget": p["budget"], "objective": p["objective"],
+             **gap} for p in paired if (gap := gap_along_finetuning(runs, p, key))]  # fmt: skip
     first = next((p for p in paired if p["arm"] == args.arms[0]
                   and p["budget"] == min(args.budgets)
                   and p["objective"] == args.objectives[0]), None)  # fmt: skip
@@ -342,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
                   "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
                   "torch": torch.__version__},
         "pretraining": pretraining, "runs": runs, "table": table, "paired": paired,
-        "summary": summary, "seconds": seconds,
+        "validation_gap": gaps, "summary": summary, "seconds": seconds,
     }  # fmt: skip
 
     labels = [label for _, label in METRICS[args.task]]
@@ -360,6 +363,16 @@ def main(argv: list[str] | None = None) -> int:
               f"{100 * p['ci95_high']:+5.1f}]; [{100 * p['ci95_pairs_low']:+5.1f}, "
               f"{100 * p['ci95_pairs_high']:+5.1f}]  ({p['pairs']} pairs: "
               + " ".join(f"{100 * g:+.1f}" for g in p["pair_gains"]) + ")")
+    if gaps:
+        print(f"\nvalidation {labels[0]} gap along fine-tuning, pretrained - scratch, best so "
+              "far (mean [smallest, largest pair]):")
+    for g in gaps:
+        stride = -(-len(g["steps"]) // 10)  # at most 10 columns, the last step among them
+        shown = range(len(g["steps"]) - 1, -1, -stride)[::-1]
+        print(f"{g['arm']:<11} {g['budget']:>2} rooms {g['objective']:<24} ({g['pairs']} pairs; "
+              f"lead until step {g['lead_until']})\n    "
+              + "  ".join(f"{g['steps'][i]}: {100 * g['gain'][i]:+.1f} [{100 * g['min'][i]:+.1f}, "
+                          f"{100 * g['max'][i]:+.1f}]" for i in shown))  # fmt: skip
     print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
@@ -370,6 +383,22 @@ def main(argv: list[str] | None = None) -> int:
             draw(results, path, METRICS[args.task][0], ["scratch", *args.objectives, SHUFFLED])
             print(f"figure: {path}")
     return 0
+
+
+def gap_along_finetuning(runs: list[dict[str, Any]], paired: dict[str, Any],
+                         key: str) -> dict[str, Any] | None:  # fmt: skip
+    """The validation gap along fine-tuning (``transfer_stats.validation_gap``) of the pairs
+    behind ``paired`` (one arm, budget and objective), read from their runs' TensorBoard
+    scalars; ``None`` where a run kept no validation curve."""
+    where = (paired["arm"], paired["budget"])
+    cold = {r["seed"]: r["run_dir"] for r in runs
+            if (r["arm"], r["budget"]) == where and r["init"] == "scratch"}  # fmt: skip
+    curves = [(validation_curve(r["run_dir"], key), validation_curve(cold[r["seed"]], key))
+              for r in runs if (r["arm"], r["budget"]) == where
+              and r["init"] == paired["objective"] and r["seed"] in cold]  # fmt: skip
+    if not curves or not all(warm and scratch for warm, scratch in curves):
+        return None
+    return validation_gap(curves)
 
 
 if __name__ == "__main__":

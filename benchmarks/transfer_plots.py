@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from transfer_runs import validation_curve
+
 COLOURS = ["tab:gray", "tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red"]
 
 
@@ -70,30 +72,24 @@ def plot_budgets(results: dict[str, Any], path: Path, headline: tuple[str, str],
     plt.close(fig)
 
 
-def validation_curve(run_dir: str, key: str) -> list[tuple[int, float]]:
-    """``(step, value)`` of the run's ``val/<key>`` (its TensorBoard scalars)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(Path(run_dir) / "tb"), size_guidance={"scalars": 0})
-    events.Reload()
-    tag = f"val/{key}"
-    if tag not in events.Tags()["scalars"]:
-        return []
-    return [(e.step, e.value) for e in events.Scalars(tag)]
-
-
 def plot_curves(results: dict[str, Any], path: Path, headline: tuple[str, str],
                 inits: list[str]) -> None:  # fmt: skip
     """Validation headline against fine-tuning step, one panel per arm and budget, one line
     per run (colour by init): where each run's best checkpoint came from, and whether the
-    schedule ended before the score stopped rising."""
+    schedule ended before the score stopped rising. Below each, the paired gap of the best
+    validation scores so far (``results["validation_gap"]``): mean over pairs, and the band
+    between the smallest and largest pair."""
     plt = pyplot()
     setup = results["setup"]
     key, label = headline
     panels = sorted({(r["arm"], r["budget"]) for r in results["runs"]})
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
+    gaps = results.get("validation_gap", [])
+    rows = 2 if gaps else 1
+    fig, axes = plt.subplots(rows, len(panels), figsize=(6.5 * len(panels), 4.5 * rows),
+                             squeeze=False, sharex="col")  # fmt: skip
     colours = init_colours(inits)
-    for ax, (arm, budget) in zip(axes[0], panels, strict=True):
+    for column, (arm, budget) in enumerate(panels):
+        ax = axes[0, column]
         labelled = set()
         for run in (r for r in results["runs"] if (r["arm"], r["budget"]) == (arm, budget)):
             curve = validation_curve(run["run_dir"], key)
@@ -106,11 +102,23 @@ def plot_curves(results: dict[str, Any], path: Path, headline: tuple[str, str],
             labelled.add(name)
             ax.plot(run["best_step"], 100 * run[f"val_{key}"], marker="*", markersize=11,
                     color=colours[run["init"]])  # fmt: skip
-        ax.set_xlabel("fine-tuning step")
         ax.set_ylabel(f"validation {label} (%)")
         ax.set_title(f"textures {arm.replace('_', ' ')}, {budget} labelled rooms")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=9)
+        if rows == 2:
+            ax = axes[1, column]
+            for gap in (g for g in gaps if (g["arm"], g["budget"]) == (arm, budget)):
+                colour = colours[gap["objective"]]
+                ax.plot(gap["steps"], [100 * v for v in gap["gain"]], color=colour, marker=".",
+                        label=f"{gap['objective']}, mean of {gap['pairs']} pairs")  # fmt: skip
+                low, high = ([100 * v for v in gap[k]] for k in ("min", "max"))
+                ax.fill_between(gap["steps"], low, high, color=colour, alpha=0.15)
+            ax.axhline(0, color="black", linewidth=0.8)
+            ax.set_ylabel(f"best {label} so far, pretrained - scratch")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=9)
+        axes[-1, column].set_xlabel("fine-tuning step")
     fig.suptitle(f"validation {label} along fine-tuning (star: the checkpoint scored on the "
                  f"{setup['scenes']['test']} test rooms)", fontsize=11)  # fmt: skip
     save(fig, path)

@@ -219,3 +219,15 @@ def checkpoint_at(run: Path, step: int) -> str:
         kept = sorted(p.name for p in (run / "checkpoints").glob("step_*.pt"))
         raise SystemExit(f"--from-step {step}: {run} kept no checkpoint there (it has {kept})")
     return str(path)
+
+
+def validation_curve(run_dir: str, key: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of the run's ``val/<key>`` (its TensorBoard scalars)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(Path(run_dir) / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    tag = f"val/{key}"
+    if tag not in events.Tags()["scalars"]:
+        return []
+    return [(e.step, e.value) for e in events.Scalars(tag)]

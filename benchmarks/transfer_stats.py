@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from typing import Any
 
 import numpy as np
 
@@ -59,3 +60,30 @@ def spread(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(finite),
             "std": statistics.stdev(finite) if len(finite) > 1 else 0.0,
             "min": min(finite), "max": max(finite)}  # fmt: skip
+
+
+def validation_gap(pairs: list[tuple[list[tuple[int, float]], list[tuple[int, float]]]]
+                   ) -> dict[str, Any]:  # fmt: skip
+    """How the gain develops along fine-tuning, from each pair's validation curves
+    ``[(step, value)]`` (pretrained, scratch): at every step both runs of every pair were
+    validated, the gap between their best validation scores so far (the checkpoint a run
+    stopped there would keep), its mean over pairs and its smallest and largest pair, and
+    ``lead_until``: the last step of a positive mean gap that stays at or below 0 from the
+    next step to the end (``None`` when the mean gap ends positive or never was)."""
+    common = set.intersection(*({s for s, _ in warm} & {s for s, _ in cold}
+                                for warm, cold in pairs))  # fmt: skip
+    steps = sorted(common)
+
+    def best_so_far(curve: list[tuple[int, float]]) -> np.ndarray:
+        values = dict(curve)
+        return np.maximum.accumulate(np.array([values[s] for s in steps]))
+
+    gaps = np.stack([best_so_far(warm) - best_so_far(cold) for warm, cold in pairs])
+    mean = gaps.mean(axis=0)
+    lead_until = None
+    if len(steps) and mean[-1] <= 0 and (mean > 0).any():
+        last_positive = int(np.flatnonzero(mean > 0)[-1])
+        lead_until = steps[last_positive]
+    return {"steps": steps, "gain": mean.tolist(), "min": gaps.min(axis=0).tolist(),
+            "max": gaps.max(axis=0).tolist(), "pairs": len(pairs),
+            "lead_until": lead_until}  # fmt: skip

@@ -49,6 +49,25 @@ def test_the_paired_gain_is_the_mean_difference_of_pooled_scores(stats):
     assert same["gain"] == 0 and same["ci95_low"] == 0 and same["ci95_high"] == 0
 
 
+def test_the_validation_gap_follows_the_best_checkpoint_so_far(stats):
+    # pair A: pretrained leads early (0.4 vs 0.1), scratch overtakes at step 30 and the
+    # pretrained run's dip at step 20 does not count (its best so far stays 0.4)
+    warm_a = [(10, 0.4), (20, 0.2), (30, 0.45), (40, 0.5)]
+    cold_a = [(10, 0.1), (20, 0.3), (30, 0.6), (40, 0.7)]
+    # pair B: validated at step 5 too (not shared by pair A), an even race
+    warm_b = [(5, 0.0), (10, 0.2), (20, 0.2), (30, 0.2), (40, 0.2)]
+    cold_b = [(5, 0.0), (10, 0.2), (20, 0.2), (30, 0.2), (40, 0.3)]
+    gap = stats.validation_gap([(warm_a, cold_a), (warm_b, cold_b)])
+    assert gap["steps"] == [10, 20, 30, 40] and gap["pairs"] == 2
+    assert gap["gain"] == pytest.approx([0.15, 0.05, -0.075, -0.15])
+    assert gap["min"] == pytest.approx([0.0, 0.0, -0.15, -0.2])
+    assert gap["max"] == pytest.approx([0.3, 0.1, 0.0, -0.1])
+    assert gap["lead_until"] == 20
+    # a lead that lasts to the end, or a race never led, has no step where the lead ended
+    assert stats.validation_gap([(cold_a, warm_a)])["lead_until"] is None
+    assert stats.validation_gap([(cold_b, cold_b)])["lead_until"] is None
+
+
 def test_the_bootstrap_interval_spans_rooms_that_disagree(stats):
     rooms = [f"room{i}" for i in range(8)]
     # pretraining helps on half the rooms and hurts as much on the others
