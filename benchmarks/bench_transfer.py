@@ -292,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                     runs.append({"arm": arm, "budget": budget, "seed": seed, "init": init,
                                  "pretrain_seed": pseed, "best_step": summary["best_step"],
                                  "seconds": result["seconds"], "run_dir": str(out),
+                                 "val_curve": validation_curve(str(out), key),
                                  "labelled": labelled,
                                  **{f"val_{k}": summary.get(f"best_val_{k}")
                                     for k in (key,)},
@@ -326,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                                              args.data_seed)})  # fmt: skip
     seconds["bootstrap"] = time.perf_counter() - tic
     gaps = [{"arm": p["arm"], "budget": p["budget"], "objective": p["objective"],
-             **gap} for p in paired if (gap := gap_along_finetuning(runs, p, key))]  # fmt: skip
+             **gap} for p in paired if (gap := gap_along_finetuning(runs, p))]  # fmt: skip
     first = next((p for p in paired if p["arm"] == args.arms[0]
                   and p["budget"] == min(args.budgets)
                   and p["objective"] == args.objectives[0]), None)  # fmt: skip
@@ -385,16 +386,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def gap_along_finetuning(runs: list[dict[str, Any]], paired: dict[str, Any],
-                         key: str) -> dict[str, Any] | None:  # fmt: skip
+def gap_along_finetuning(runs: list[dict[str, Any]], paired: dict[str, Any]
+                         ) -> dict[str, Any] | None:  # fmt: skip
     """The validation gap along fine-tuning (``transfer_stats.validation_gap``) of the pairs
-    behind ``paired`` (one arm, budget and objective), read from their runs' TensorBoard
-    scalars; ``None`` where a run kept no validation curve."""
+    behind ``paired`` (one arm, budget and objective), from their runs' ``val_curve``;
+    ``None`` where a run kept no validation curve."""
     where = (paired["arm"], paired["budget"])
-    cold = {r["seed"]: r["run_dir"] for r in runs
+    cold = {r["seed"]: r["val_curve"] for r in runs
             if (r["arm"], r["budget"]) == where and r["init"] == "scratch"}  # fmt: skip
-    curves = [(validation_curve(r["run_dir"], key), validation_curve(cold[r["seed"]], key))
-              for r in runs if (r["arm"], r["budget"]) == where
+    curves = [(r["val_curve"], cold[r["seed"]]) for r in runs
+              if (r["arm"], r["budget"]) == where
               and r["init"] == paired["objective"] and r["seed"] in cold]  # fmt: skip
     if not curves or not all(warm and scratch for warm, scratch in curves):
         return None

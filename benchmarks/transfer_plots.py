@@ -8,8 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from transfer_runs import validation_curve
-
 COLOURS = ["tab:gray", "tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red"]
 
 
@@ -92,7 +90,7 @@ def plot_curves(results: dict[str, Any], path: Path, headline: tuple[str, str],
         ax = axes[0, column]
         labelled = set()
         for run in (r for r in results["runs"] if (r["arm"], r["budget"]) == (arm, budget)):
-            curve = validation_curve(run["run_dir"], key)
+            curve = run["val_curve"]
             if not curve:
                 continue
             steps, values = zip(*curve, strict=True)
