@@ -36,6 +36,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.states import Completed, Failed, State
 
+from flows.local_server import patient_server_start
 from flows.run_logs import with_library_logs
 from flows.runners import choose_task_runner, gpu_resources
 from flows.scenes import (
@@ -284,23 +285,24 @@ def main(argv: list[str] | None = None) -> int:
     ):
         if value is not None:
             nerf[key] = value
-    state = build_dataset(
-        scenes=args.scenes if len(args.scenes) > 1 else args.scenes[0],
-        store=args.store,
-        runs_dir=args.runs_dir,
-        nerf=nerf,
-        resolution=args.resolution,
-        min_psnr=args.min_psnr,
-        retries=args.retries,
-        retry_delay_s=args.retry_delay,
-        gpu_slots=args.gpu_slots,
-        max_parallel=args.max_parallel,
-        dask_address=args.dask_address,
-        local_dask_workers=args.dask_workers,
-        dask_gpus_per_task=args.dask_gpus_per_task,
-        nerf_backend=args.nerf_backend,
-        return_state=True,
-    )
+    with patient_server_start():
+        state = build_dataset(
+            scenes=args.scenes if len(args.scenes) > 1 else args.scenes[0],
+            store=args.store,
+            runs_dir=args.runs_dir,
+            nerf=nerf,
+            resolution=args.resolution,
+            min_psnr=args.min_psnr,
+            retries=args.retries,
+            retry_delay_s=args.retry_delay,
+            gpu_slots=args.gpu_slots,
+            max_parallel=args.max_parallel,
+            dask_address=args.dask_address,
+            local_dask_workers=args.dask_workers,
+            dask_gpus_per_task=args.dask_gpus_per_task,
+            nerf_backend=args.nerf_backend,
+            return_state=True,
+        )
     reports = reports_of(state)
     for r in reports:
         print(json.dumps(r))

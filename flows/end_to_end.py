@@ -23,6 +23,7 @@ from prefect import flow, get_run_logger
 from prefect.states import Completed
 
 from flows.build_dataset import build_dataset, summarize
+from flows.local_server import patient_server_start
 from flows.pretrain import pretrain_mae
 from flows.run_logs import with_library_logs
 from flows.tasks import generate_scene_task
@@ -142,17 +143,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pretraining", type=json.loads, help="JSON pretrain-mae parameters")
     parser.add_argument("--finetuning", type=json.loads, help="JSON finetune-nerfmae parameters")
     args = parser.parse_args(argv)
-    summary = nerfmae_pipeline(
-        store=args.store,
-        work_dir=args.work_dir,
-        scenes=args.scenes,
-        synthetic_scenes=args.synthetic_scenes,
-        nerf=args.nerf,
-        resolution=args.resolution,
-        min_psnr=args.min_psnr,
-        pretraining=args.pretraining,
-        finetuning=args.finetuning,
-    )
+    with patient_server_start():
+        summary = nerfmae_pipeline(
+            store=args.store,
+            work_dir=args.work_dir,
+            scenes=args.scenes,
+            synthetic_scenes=args.synthetic_scenes,
+            nerf=args.nerf,
+            resolution=args.resolution,
+            min_psnr=args.min_psnr,
+            pretraining=args.pretraining,
+            finetuning=args.finetuning,
+        )
     print(json.dumps(summary, indent=2, default=str))
     return 1 if any(r["status"] == "failed" for r in summary["scenes"]) else 0
 

@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from flows.local_server import patient_server_start
 from flows.processes import stream_process
 
 PERCENT_KEYS = re.compile(
@@ -97,7 +98,9 @@ def flow_arg_parser(description: str, runs_dir: str, config_name: str) -> argpar
 
 def run_flow_command(flow_fn, parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     """Parse the flow's command line, run the flow with it, print the summary."""
-    summary = flow_fn(**vars(parser.parse_args(argv)))
+    args = parser.parse_args(argv)
+    with patient_server_start():
+        summary = flow_fn(**vars(args))
     print(json.dumps(summary, indent=2))
     return 0
 

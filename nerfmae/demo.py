@@ -52,18 +52,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call
-    # No telemetry from a demo. A fresh clone has no Prefect server, so the flow starts a
-    # temporary local one, which can take longer than Prefect's 20 s on a busy laptop.
-    # (Prefect reads these when imported, which happens below.)
+    # No telemetry from a demo (Prefect reads this when imported, which happens below).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
     from flows.build_dataset import NoSceneStored
     from flows.end_to_end import nerfmae_pipeline
+    from flows.local_server import patient_server_start
 
     t0 = time.perf_counter()
     try:
-        summary = run_pipeline(nerfmae_pipeline, args)
+        with patient_server_start():
+            summary = run_pipeline(nerfmae_pipeline, args)
         detector = next((t for t in summary["finetune"] if t["task"] == "detect"), None)
         summary["boxes"] = detector and detect_held_out_room(detector, args.store)
     except NoSceneStored as exc:
