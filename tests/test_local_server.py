@@ -1,9 +1,9 @@
 """The flows' command lines give their temporary Prefect server time to start, and leave a
 timeout the user chose alone.
 
-Prefect resolves its settings from the environment when a process imports it, so each
-case runs in a fresh interpreter whose environment has no ``PREFECT_*`` variable but the
-one under test.
+Prefect resolves its settings from the environment when a process imports it, so the
+command lines run in a fresh interpreter whose environment sets no timeout (whatever the
+test session's environment holds), once as they are and once under a user's timeout.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from flows.local_server import STARTUP_TIMEOUT_S
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,14 +21,12 @@ REPO = Path(__file__).resolve().parents[1]
 # What each command line's flow sees as its server's startup timeout, with the flows
 # replaced by recorders (nothing starts a server).
 PROBE = """
-import json, sys
+import json
 from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as TIMEOUT
+from prefect.settings import temporary_settings
 import flows.build_dataset as build_dataset
 import flows.end_to_end as end_to_end
-import flows.pretrain as pretrain
 from flows.training_runs import flow_arg_parser, run_flow_command
-
-seen = {"outside": TIMEOUT.value()}
 
 
 class State:
@@ -38,40 +34,41 @@ class State:
         return False
 
 
-def recorder(name, result):
-    def record(**_):
-        seen[name] = TIMEOUT.value()
-        return result
-    return record
+def timeouts_in_flows():
+    seen = {"outside": TIMEOUT.value()}
+
+    def recorder(name, result):
+        def record(**_):
+            seen[name] = TIMEOUT.value()
+            return result
+        return record
+
+    build_dataset.build_dataset = recorder("build_dataset", State())
+    build_dataset.reports_of = lambda state: []
+    build_dataset.main(["--scenes", "s", "--store", "x.zarr"])
+    end_to_end.nerfmae_pipeline = recorder("end_to_end", {"scenes": []})
+    end_to_end.main([])
+    run_flow_command(recorder("training_flow", {}), flow_arg_parser("d", "runs", "C"),
+                     ["--store", "x.zarr"])
+    return seen
 
 
-build_dataset.build_dataset = recorder("build_dataset", State())
-build_dataset.reports_of = lambda state: []
-build_dataset.main(["--scenes", "s", "--store", "x.zarr"])
-end_to_end.nerfmae_pipeline = recorder("end_to_end", {"scenes": []})
-end_to_end.main([])
-run_flow_command(recorder("training_flow", {}), flow_arg_parser("d", "runs", "C"),
-                 ["--store", "x.zarr"])
-print("SEEN" + json.dumps(seen))
+unset = timeouts_in_flows()
+with temporary_settings(updates={TIMEOUT: 37}):  # as a profile or the environment sets it
+    user = timeouts_in_flows()
+print("SEEN" + json.dumps({"unset": unset, "user": user}))
 """
 
 
-def timeouts_seen(home: Path, **prefect: str) -> dict[str, int]:
+def test_command_lines_wait_for_their_server_unless_the_user_chose(tmp_path):
+    # A fresh interpreter without any PREFECT_* setting but a private home.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", **prefect)
+    env.update(PREFECT_HOME=str(tmp_path), PREFECT_SERVER_ANALYTICS_ENABLED="false")
     done = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     line = next(x for x in done.stdout.splitlines() if x.startswith("SEEN"))
-    return json.loads(line[len("SEEN") :])
-
-
-@pytest.mark.parametrize(
-    ("user", "expected"), [(None, STARTUP_TIMEOUT_S), ("37", 37)], ids=["unset", "user-set"]
-)
-def test_command_lines_wait_for_their_server(tmp_path, user, expected):
-    prefect = {} if user is None else {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": user}
-    seen = timeouts_seen(tmp_path, **prefect)
-    # Prefect's own default outside the command lines (or the user's value).
-    assert seen.pop("outside") == (20 if user is None else expected)
-    assert seen == {"build_dataset": expected, "end_to_end": expected, "training_flow": expected}
+    seen = json.loads(line.removeprefix("SEEN"))
+    flows = ("build_dataset", "end_to_end", "training_flow")
+    assert seen["unset"] == {"outside": 20, **dict.fromkeys(flows, STARTUP_TIMEOUT_S)}
+    assert seen["user"] == {"outside": 37, **dict.fromkeys(flows, 37)}
