@@ -214,6 +214,54 @@ def test_balanced_alpha_loss_weighs_occupied_and_empty_masked_voxels_alike(tiny)
         MAEConfig(resolution=32, alpha_balance="per_class")
 
 
+def test_patch_normalised_alpha_target_by_hand(tiny):
+    rgba, pred, valid, voxel_mask = _hand_example(tiny)
+    model = build_mae("tiny", alpha_target="patch_normalised")
+    target, mean, std = model.normalise_patches(rgba[:, 3])
+    # the first 4^3 patch holds A (0.5) and B (0.005) among 62 zeros; every other patch
+    # inside the masked region is empty, so asks for 0 (and the one with C, at x = 9, lies
+    # outside it)
+    a = torch.zeros(64, dtype=torch.float64)
+    a[0], a[16] = 0.5, 0.005  # (x, y, z) = (0, 0, 0) and (1, 0, 0) in (p q r) order
+    var = a.var(unbiased=False).item()
+    assert mean[0, 0, 0, 0].item() == pytest.approx(a.mean().item())
+    assert std[0, 3, 3, 3].item() == pytest.approx((var + 0.01) ** 0.5)
+    assert target[0, 0, 0, 0].item() == pytest.approx((0.5 - a.mean().item()) / (var + 0.01) ** 0.5)
+    assert target[0, 4:8].abs().max().item() == 0.0
+    assert target[0, 8:12, :4, :4].abs().max().item() > 1.0  # C's patch: a lone surface
+    # predicting zeros: the term is the first patch's sum of squares over the region
+    _, _, loss_alpha = model.forward_loss(rgba, pred, valid, voxel_mask)
+    n = 8 * 32 * 32
+    assert loss_alpha.item() == pytest.approx(64 * var / (var + 0.01) / n, rel=1e-5)
+    perfect = pred.clone()
+    perfect[:, 3] = target
+    assert model.forward_loss(rgba, perfect, valid, voxel_mask)[2].item() == pytest.approx(0.0)
+    # mapped back with the target's statistics, the perfect prediction is the grid's alpha
+    reported = torch.sigmoid(model.alpha_logit_for_reports(perfect, rgba[:, 3])[:, 3])
+    torch.testing.assert_close(reported, rgba[:, 3].clamp(1e-4, 1 - 1e-4), atol=1e-5, rtol=0)
+    assert model.alpha_logit_for_reports(perfect, rgba[:, 3]).requires_grad is False
+    assert tiny.alpha_logit_for_reports(pred, rgba[:, 3]) is pred  # the "alpha" target
+    with pytest.raises(ValueError, match="alpha_target"):
+        MAEConfig(resolution=32, alpha_target="sdf")
+
+
+def test_patch_normalised_target_trains_and_reports_an_alpha():
+    torch.manual_seed(0)
+    model = build_mae("tiny", resolution=32, alpha_target="patch_normalised", head="token")
+    rgba, valid = _synthetic_grid(32)
+    optim = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):  # one mask throughout: fitting it must drive the term down
+        out = model(rgba, valid, generator=torch.Generator().manual_seed(0))
+        optim.zero_grad()
+        out.loss.backward()
+        optim.step()
+        losses.append(out.loss_alpha.item())
+    assert sum(losses[-5:]) / 5 < 0.6 * losses[0], losses
+    alpha = torch.sigmoid(out.pred[:, 3])
+    assert alpha.min() >= 1e-4 - 1e-7 and alpha.max() <= 1 - 1e-4 + 1e-7
+
+
 def test_colour_weight_scales_only_the_colour_term(tiny):
     rgba, pred, valid, voxel_mask = _hand_example(tiny)
     loss, loss_rgb, loss_alpha = tiny.forward_loss(rgba, pred, valid, voxel_mask, rgb_weight=0.25)

@@ -3,6 +3,7 @@ and records, and the shuffled-target control."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -38,8 +39,18 @@ def test_a_run_resolves_its_objective_from_the_name_and_the_overrides():
     balanced = PretrainConfig(store_url="s", out_dir="o",
                               objective="opacity_only_balanced_decorrelated").resolved_objective()
     assert balanced.model_fields() == {"rgb_region": "all_opaque", "rgb_weighting": "gate",
-                                       "alpha_balance": "occupied_empty", "decorrelation": 0.2}
+                                       "alpha_balance": "occupied_empty", "alpha_target": "alpha",
+                                       "decorrelation": 0.2}
     assert balanced.rgb_weight(0, 10) == balanced.rgb_weight(9, 10) == 0.0
+    normalised = PretrainConfig(store_url="s", out_dir="o",
+                                objective="opacity_only_normalised_decorrelated")
+    assert normalised.resolved_objective().alpha_target == "patch_normalised"
+    from model.tasks.pretrain import MAETask
+    from model.training.distributed import DistributedContext
+
+    task = MAETask(dataclasses.replace(normalised, preset="tiny", resolution=32),
+                   DistributedContext(0, 1, 0, torch.device("cpu")))
+    assert task.mae_config.alpha_target == "patch_normalised"
     with pytest.raises(ValueError, match="objective"):
         PretrainConfig(store_url="s", out_dir="o", objective="colour_last")
     with pytest.raises(ValueError, match="rgb_schedule"):

@@ -68,6 +68,18 @@ class MAEConfig:
     """How masked voxels weigh in the alpha loss. "none" (code): all alike, so the ~85 % that
     are empty space dominate it. "occupied_empty": the mean over masked occupied voxels and
     the mean over masked empty ones, averaged, so surfaces weigh as much as free space."""
+    alpha_target: Literal["alpha", "patch_normalised"] = "alpha"
+    """What the alpha term reconstructs. "alpha" (code): each voxel's alpha, predicted as a
+    logit. "patch_normalised": each patch's alpha standardised by the patch's own mean and
+    standard deviation (MAE's ``norm_pix_loss``), predicted as is: a patch wholly empty or
+    wholly solid asks for zeros, so the term scores where surfaces lie inside patches, not
+    the room's free space (~85 % of masked voxels). ``MAEOutput.pred`` then carries, for
+    reports, the alpha logit of the prediction mapped back with the *target's* patch
+    statistics (as MAE's visualisation does): its alpha error is optimistic."""
+    alpha_norm_eps: float = 0.01
+    """Added to a patch's alpha variance before standardising (``alpha_target``
+    "patch_normalised"): a floor of 0.1 on the divisor, so a patch with a faint haze is not
+    blown up to unit variance."""
     decorrelation: float = 0.0
     """Weight of a penalty on the correlation between the channels of the encoder stages
     ``decorrelation_stages`` (:func:`channel_correlation`, over the batch's tokens). 0 (the
@@ -103,6 +115,11 @@ class MAEConfig:
         if self.alpha_balance not in ("none", "occupied_empty"):
             raise ValueError(f"MAEConfig.alpha_balance={self.alpha_balance!r} is not one of "
                              "'none', 'occupied_empty'")
+        if self.alpha_target not in ("alpha", "patch_normalised"):
+            raise ValueError(f"MAEConfig.alpha_target={self.alpha_target!r} is not one of "
+                             "'alpha', 'patch_normalised'")
+        if self.alpha_norm_eps <= 0:
+            raise ValueError(f"MAEConfig.alpha_norm_eps={self.alpha_norm_eps} must be > 0")
         if self.decorrelation < 0:
             raise ValueError(f"MAEConfig.decorrelation={self.decorrelation} must be >= 0")
         if not self.decorrelation_stages or not set(self.decorrelation_stages) <= {1, 2, 3, 4}:
@@ -206,7 +223,9 @@ class NeRFMAE(EncoderFront):
         The colour denominator counts voxels, not voxels x 3 channels. The code gates colour by
         alpha alone; zero padding has alpha 0, so also requiring ``valid`` changes nothing there
         and makes both terms blind to whatever the padding holds. ``rgb_region``,
-        ``rgb_weighting`` and ``alpha_balance`` select the variants (see :class:`MAEConfig`);
+        ``rgb_weighting``, ``alpha_balance`` and ``alpha_target`` select the variants (see
+        :class:`MAEConfig`; with "patch_normalised" the alpha channel of ``pred`` is compared
+        as is with :meth:`normalise_patches` of alpha);
         ``rgb_weight`` is the colour term's weight at this step (a pretraining schedule's). An
         empty region gives a zero term, not NaN.
         """
@@ -223,7 +242,10 @@ class NeRFMAE(EncoderFront):
         sq_rgb = (pred_rgb - rgb).square().sum(dim=1)  # (B, S, S, S)
         loss_rgb = (sq_rgb * weight).sum() / weight.sum().clamp_min(1e-12)
 
-        sq_alpha = (torch.sigmoid(pred_alpha) - alpha).square()
+        if cfg.alpha_target == "patch_normalised":
+            sq_alpha = (pred_alpha - self.normalise_patches(alpha)[0]).square()
+        else:
+            sq_alpha = (torch.sigmoid(pred_alpha) - alpha).square()
         region = valid & voxel_mask
         if cfg.alpha_balance == "occupied_empty":
             parts = (region & occupied, region & ~occupied)
@@ -231,6 +253,33 @@ class NeRFMAE(EncoderFront):
         else:
             loss_alpha = _masked_mean(sq_alpha, region)
         return rgb_weight * loss_rgb + loss_alpha, loss_rgb, loss_alpha
+
+    def normalise_patches(self, alpha: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``alpha`` ``(B, S, S, S)`` standardised within each ``patch_size^3`` patch, with
+        the patches' mean and standard deviation (``sqrt(var + alpha_norm_eps)``, population
+        variance), each broadcast back to ``(B, S, S, S)``."""
+        p = self.config.patch_size
+        patches = rearrange(alpha, "b (d p) (h q) (w r) -> b d h w (p q r)", p=p, q=p, r=p)
+        mean = patches.mean(dim=-1, keepdim=True)
+        std = (patches.var(dim=-1, unbiased=False, keepdim=True)
+               + self.config.alpha_norm_eps).sqrt()  # fmt: skip
+
+        def voxels(x: Tensor) -> Tensor:
+            x = x.expand_as(patches)
+            return rearrange(x, "b d h w (p q r) -> b (d p) (h q) (w r)", p=p, q=p, r=p)
+
+        return voxels((patches - mean) / std), voxels(mean), voxels(std)
+
+    def alpha_logit_for_reports(self, pred: Tensor, target_alpha: Tensor) -> Tensor:
+        """``pred`` ``(B, 4, S, S, S)`` with its alpha channel as a logit: unchanged for the
+        "alpha" target; for "patch_normalised" the standardised prediction mapped back with
+        ``target_alpha``'s patch statistics and clamped to (1e-4, 1 - 1e-4), detached (a
+        report, not a loss's input)."""
+        if self.config.alpha_target == "alpha":
+            return pred
+        _, mean, std = self.normalise_patches(target_alpha)
+        alpha = (pred[:, 3].detach() * std + mean).clamp(1e-4, 1 - 1e-4)
+        return torch.cat([pred[:, :3].detach(), torch.logit(alpha)[:, None]], dim=1)
 
     def forward_decorrelation(self, feats: list[Tensor]) -> Tensor:
         """Mean over ``decorrelation_stages`` of :func:`channel_correlation` of the stage
@@ -265,8 +314,9 @@ class NeRFMAE(EncoderFront):
                                                        rgb_weight)  # fmt: skip
         weight = self.config.decorrelation
         decorrelation = self.forward_decorrelation(feats) if weight else loss.new_zeros(())
-        return MAEOutput(loss + weight * decorrelation, loss_rgb, loss_alpha, pred, voxel_mask,
-                         decorrelation)  # fmt: skip
+        reported = self.alpha_logit_for_reports(pred, target[:, 3])
+        return MAEOutput(loss + weight * decorrelation, loss_rgb, loss_alpha, reported,
+                         voxel_mask, decorrelation)  # fmt: skip
 
 
 def channel_correlation(features: Tensor, eps: float = 1e-5) -> Tensor:

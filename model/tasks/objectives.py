@@ -61,6 +61,8 @@ class Objective:
     """:attr:`MAEConfig.rgb_weighting`."""
     alpha_balance: Literal["none", "occupied_empty"] = "none"
     """:attr:`MAEConfig.alpha_balance`."""
+    alpha_target: Literal["alpha", "patch_normalised"] = "alpha"
+    """:attr:`MAEConfig.alpha_target`."""
     decorrelation: float = 0.0
     """:attr:`MAEConfig.decorrelation`."""
 
@@ -73,7 +75,7 @@ class Objective:
     def model_fields(self) -> dict[str, Any]:
         """The settings the model's loss takes (:class:`MAEConfig` fields)."""
         return {"rgb_region": self.rgb_region, "rgb_weighting": self.rgb_weighting,
-                "alpha_balance": self.alpha_balance,
+                "alpha_balance": self.alpha_balance, "alpha_target": self.alpha_target,
                 "decorrelation": self.decorrelation}  # fmt: skip
 
     def rgb_weight(self, step: int, total_steps: int) -> float:
@@ -95,6 +97,9 @@ OBJECTIVES: dict[str, Objective] = {
     "opacity_only_decorrelated": Objective(rgb_schedule="off", decorrelation=0.2),
     "opacity_only_balanced_decorrelated": Objective(
         rgb_schedule="off", alpha_balance="occupied_empty", decorrelation=0.2
+    ),
+    "opacity_only_normalised_decorrelated": Objective(
+        rgb_schedule="off", alpha_target="patch_normalised", decorrelation=0.2
     ),
 }
 """Objective name -> settings (``PretrainConfig.objective``)."""

@@ -70,6 +70,7 @@ class PretrainConfig(TrainingConfig):
             ("rgb_region", "where the colour loss applies: all_opaque | masked_opaque"),
             ("rgb_weighting", "colour loss voxel weights: gate | alpha"),
             ("alpha_balance", "alpha loss over masked voxels: none | occupied_empty"),
+            ("alpha_target", "what the alpha loss reconstructs: alpha | patch_normalised"),
             ("head", "prediction head: voxel (UNETR's full-resolution block) | token (a linear "
                      "map per token) | bottleneck (the deepest stage alone, then the linear map)"),
         )
