@@ -43,7 +43,7 @@ class StandIn(torch.nn.Module):
     def __init__(self, answer) -> None:
         super().__init__()
         self.answer = answer
-        self.config = SimpleNamespace(alpha_threshold=0.01)
+        self.config = SimpleNamespace(alpha_threshold=0.01, patch_size=2)
 
     def forward(self, rgba, valid, generator=None):
         mask = torch.zeros_like(valid)
@@ -110,6 +110,9 @@ def test_scores_by_kind_of_voxel_match_hand_counts():
     # 32 in room 0 and of 24 valid ones in room 1
     nearby = ((0.8 - 8 / 32) ** 2 + (0.4 - 8 / 24) ** 2) / 2
     assert oracle["furniture"]["nearby"]["mse"] == pytest.approx(nearby)
+    # the chair's 2^3 patch: 4 floor voxels (1.0), the chair and 3 free voxels
+    patch = ((0.8 - 4.8 / 8) ** 2 + (0.4 - 4.4 / 8) ** 2) / 2
+    assert oracle["furniture"]["patch_mean"]["mse"] == pytest.approx(patch)
 
 
 def test_a_real_mae_is_scored_on_the_same_masks_each_call():

@@ -4,6 +4,7 @@ encoder's features of real rooms, and bad input refused by name."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from benchmark_scripts import load_benchmark
 
 from grid_store import GridStore, RadianceGrid
+from model.checkpoints.reading import read_checkpoint
 from model.networks.presets import build_mae, get_config
 from model.probing import (
     ProbeConfig,
@@ -289,8 +291,8 @@ def test_encoder_features_of_real_rooms_are_the_frozen_stage_maps_read_at_voxels
         assert (rooms.semantic[r][p[:, 0], p[:, 1], p[:, 2]] > 0).all()
 
 
-def pretraining_run(tmp_path, steps) -> str:
-    config = get_config("tiny")
+def pretraining_run(tmp_path, steps, **overrides) -> str:
+    config = get_config("tiny", **overrides)
     for step in steps:
         torch.manual_seed(step)
         mae = build_mae(config)
@@ -322,6 +324,29 @@ def test_bench_probe_probes_every_step_of_a_run_and_the_controls(room_store, tmp
         assert set(row["reconstruction"]) == {"free", "shell", "furniture"}
     printed = capsys.readouterr().out
     assert "run@15" in printed and "masked blocks of the test rooms" in printed
+
+
+def test_a_patch_normalised_mae_is_shown_beside_its_patch_mean_floor(tmp_path, capsys):
+    """Such an MAE reports alpha through the truth's patch means: the random control must not
+    (it is built plain), and the table prints the patch-mean predictor under its row."""
+    bench = load_benchmark("bench_probe")
+    run = pretraining_run(tmp_path, [5], alpha_target="patch_normalised")
+    args = argparse.Namespace(preset="tiny", resolution=32)
+    job = {"path": f"{run}/checkpoints/step_000005.pt"}
+    assert read_checkpoint(job["path"]).mae_config["alpha_target"] == "patch_normalised"
+    config, _ = bench.random_config(args, [job])
+    assert config.alpha_target == "alpha" and config.resolution == 32
+    scores = {"network": {"mse": 0.1, "correct": 0.9}, "nearby": {"mse": 0.2, "correct": 0.8},
+              "prior": {"mse": 0.3, "correct": 0.7}, "patch_mean": {"mse": 0.042, "correct": 0.66}}
+    rows = [{"label": "plain", "step": None, "alpha_target": "alpha",
+             "reconstruction": {"free": scores}},
+            {"label": "normalised", "step": 5, "alpha_target": "patch_normalised",
+             "reconstruction": {"free": scores}}]  # fmt: skip
+    bench.print_reconstruction(rows)
+    lines = capsys.readouterr().out.splitlines()
+    floors = [i for i, line in enumerate(lines) if "patch-mean floor" in line]
+    assert len(floors) == 1 and lines[floors[0] - 1].startswith("normalised")
+    assert "0.042 (66 %)" in lines[floors[0]]
 
 
 # ---------------------------------------------------------------- bad input

@@ -13,7 +13,10 @@ alpha an MAE predicts on the masked, valid voxels of labelled rooms separately f
 and beside it predictors that know nothing of objects: ``zero`` (everything is free space),
 ``prior`` (each voxel's mean alpha over the training rooms, :func:`position_prior`, which
 knows where rooms keep their walls) and ``nearby`` (the mean alpha of the visible voxels
-around the voxel, :func:`visible_neighbourhood_mean`: continuity, no shapes). Per category:
+around the voxel, :func:`visible_neighbourhood_mean`: continuity, no shapes), and
+``patch_mean`` (each voxel its own patch's true mean alpha: what an MAE trained on
+patch-normalised targets is handed when its standardised prediction is mapped back to alpha,
+so the fair floor for such a network). Per category:
 mean squared alpha error and the share of voxels whose prediction lies on the same side of
 alpha 0.5 as the truth. An MAE whose furniture scores are no better than these has not
 learned objects, whatever its loss says.
@@ -31,7 +34,7 @@ from model.networks.mae import NeRFMAE
 from model.probing.rooms import ProbeRooms
 
 CATEGORIES = ("free", "shell", "furniture")
-PREDICTORS = ("network", "zero", "prior", "nearby")
+PREDICTORS = ("network", "zero", "prior", "nearby", "patch_mean")
 
 
 def position_prior(rooms: ProbeRooms) -> Tensor:
@@ -70,6 +73,14 @@ def voxel_categories(
     is_furniture = torch.isin(semantic.long(), torch.tensor(list(furniture), dtype=torch.long))
     return {"free": ~occupied, "shell": occupied & ~is_furniture,
             "furniture": occupied & is_furniture}  # fmt: skip
+
+
+def patch_mean(alpha: Tensor, patch: int) -> Tensor:
+    """``alpha`` ``(B, S, S, S)`` -> each voxel's ``patch^3`` patch mean, same shape."""
+    means = F.avg_pool3d(alpha[:, None], patch)  # (B, 1, S/p, S/p, S/p)
+    for dim in (2, 3, 4):
+        means = means.repeat_interleave(patch, dim=dim)
+    return means[:, 0]
 
 
 @torch.no_grad()
@@ -111,6 +122,7 @@ def masked_reconstruction(
                 "zero": torch.zeros_like(alpha),
                 "prior": prior.expand_as(alpha),
                 "nearby": visible_neighbourhood_mean(alpha, valid & ~out.mask, width),
+                "patch_mean": patch_mean(alpha, network.config.patch_size),
             }
             for name, where in categories.items():
                 where = where & region
