@@ -85,8 +85,10 @@ class PretrainConfig(TrainingConfig):
     reference's loss), ``structure_first`` (colour weight ramped 0 -> 1 with a cosine),
     ``structure_first_balanced`` (and alpha balanced between occupied and empty voxels),
     ``structure_first_decorrelated`` (the ramp and a penalty on the correlation of encoder
-    stages 2-4), ``opacity_only_decorrelated`` (the penalty, no colour term: the best
-    measured for detection, BENCHMARKS.md)."""
+    stages 2-4), ``opacity_only_decorrelated`` (the penalty, no colour term: the default,
+    measured over the most rounds, BENCHMARKS.md), ``opacity_only_balanced_decorrelated`` and
+    ``opacity_only_normalised_decorrelated`` (each patch's alpha standardised; closest to
+    scratch at one labelled room, within the pairs' spread of the default)."""
     rgb_schedule: str | None = None
     """Colour weight schedule, ``constant``, ``cosine`` or ``off`` (``None``: the objective's)."""
     rgb_ramp: float | None = None
