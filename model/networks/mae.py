@@ -258,17 +258,9 @@ class NeRFMAE(EncoderFront):
         """``alpha`` ``(B, S, S, S)`` standardised within each ``patch_size^3`` patch, with
         the patches' mean and standard deviation (``sqrt(var + alpha_norm_eps)``, population
         variance), each broadcast back to ``(B, S, S, S)``."""
-        p = self.config.patch_size
-        patches = rearrange(alpha, "b (d p) (h q) (w r) -> b d h w (p q r)", p=p, q=p, r=p)
-        mean = patches.mean(dim=-1, keepdim=True)
-        std = (patches.var(dim=-1, unbiased=False, keepdim=True)
-               + self.config.alpha_norm_eps).sqrt()  # fmt: skip
-
-        def voxels(x: Tensor) -> Tensor:
-            x = x.expand_as(patches)
-            return rearrange(x, "b d h w (p q r) -> b (d p) (h q) (w r)", p=p, q=p, r=p)
-
-        return voxels((patches - mean) / std), voxels(mean), voxels(std)
+        mean, var = patch_moments(alpha, self.config.patch_size)
+        std = (var + self.config.alpha_norm_eps).sqrt()
+        return (alpha - mean) / std, mean, std
 
     def alpha_logit_for_reports(self, pred: Tensor, target_alpha: Tensor) -> Tensor:
         """``pred`` ``(B, 4, S, S, S)`` with its alpha channel as a logit: unchanged for the
@@ -336,6 +328,16 @@ def channel_correlation(features: Tensor, eps: float = 1e-5) -> Tensor:
     corr = x.T @ x / x.shape[0]  # (C, C)
     off = corr - torch.diag_embed(torch.diagonal(corr))
     return off.square().sum() / (c * (c - 1))
+
+
+def patch_moments(alpha: Tensor, patch: int) -> tuple[Tensor, Tensor]:
+    """Mean and population variance of ``alpha`` ``(B, S, S, S)`` over each ``patch^3``
+    patch, each broadcast back to ``(B, S, S, S)``."""
+    patches = rearrange(alpha, "b (d p) (h q) (w r) -> b d h w (p q r)", p=patch, q=patch,
+                        r=patch)  # fmt: skip
+    moments = torch.stack([patches.mean(dim=-1), patches.var(dim=-1, unbiased=False)])
+    return tuple(repeat(moments, "m b d h w -> m b (d p) (h q) (w r)", p=patch, q=patch,
+                        r=patch))  # fmt: skip
 
 
 def _masked_mean(values: Tensor, region: Tensor) -> Tensor:

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.networks.mae import NeRFMAE
+from model.networks.mae import NeRFMAE, patch_moments
 from model.probing.rooms import ProbeRooms
 
 CATEGORIES = ("free", "shell", "furniture")
@@ -75,14 +75,6 @@ def voxel_categories(
             "furniture": occupied & is_furniture}  # fmt: skip
 
 
-def patch_mean(alpha: Tensor, patch: int) -> Tensor:
-    """``alpha`` ``(B, S, S, S)`` -> each voxel's ``patch^3`` patch mean, same shape."""
-    means = F.avg_pool3d(alpha[:, None], patch)  # (B, 1, S/p, S/p, S/p)
-    for dim in (2, 3, 4):
-        means = means.repeat_interleave(patch, dim=dim)
-    return means[:, 0]
-
-
 @torch.no_grad()
 def masked_reconstruction(
     network: NeRFMAE,
@@ -114,6 +106,7 @@ def masked_reconstruction(
         alpha = rgba[:, 3]
         categories = voxel_categories(alpha, rooms.semantic[room : room + 1], furniture,
                                       threshold)  # fmt: skip
+        means = patch_moments(alpha, network.config.patch_size)[0]  # (1, S, S, S)
         for _ in range(draws):
             out = network(rgba, valid, generator=generator)
             region = out.mask & valid  # (1, S, S, S)
@@ -122,7 +115,7 @@ def masked_reconstruction(
                 "zero": torch.zeros_like(alpha),
                 "prior": prior.expand_as(alpha),
                 "nearby": visible_neighbourhood_mean(alpha, valid & ~out.mask, width),
-                "patch_mean": patch_mean(alpha, network.config.patch_size),
+                "patch_mean": means,
             }
             for name, where in categories.items():
                 where = where & region
