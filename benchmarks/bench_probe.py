@@ -10,6 +10,8 @@ training rooms and scored on the test rooms of a labelled store:
 - semantic: a linear reader of the concatenated stage features at a voxel, scored densely on
   every labelled voxel of the test rooms: mIoU over the classes present, and over the
   furniture classes alone;
+- token: the voxel's class from the features of the token containing it, one linear map per
+  position in the token's patch (``model.probing.tokens``), scored the same way;
 - objects: a linear reader of the features averaged over each stored box: class accuracy, and
   R^2 of the box's log extents.
 
@@ -69,6 +71,7 @@ from pipeline.synthetic.furniture import FURNITURE_CLASSES  # noqa: E402
 POOL_SEED0, TEST_SEED0 = 0, 5_000
 CONTROLS = ("random", "coords", "colour")
 PLOTTED = (("semantic", "miou", "semantic mIoU"), ("semantic", "furniture_miou", "furniture mIoU"),
+           ("semantic_token", "miou", "token-probe semantic mIoU"),
            ("objects", "accuracy", "object class accuracy"))  # fmt: skip
 
 
@@ -142,7 +145,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(PLOTTED), figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, len(PLOTTED), figsize=(20, 4.2))
     runs = sorted({r["run"] for r in rows if r["kind"] == "run"})
     flat = [r for r in rows if r["kind"] != "run"]
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -269,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
              for job in jobs]  # fmt: skip
 
     rows = []
-    print(f"{'source':<24} {'step':>7} {'sem mIoU':>9} {'furn mIoU':>9} {'obj acc':>8} "
+    print(f"{'source':<24} {'step':>7} {'sem mIoU':>9} {'furn mIoU':>9} {'tok mIoU':>9} "
+          f"{'tok furn':>9} {'obj acc':>8} "
           f"{'size R2':>8} {'eff. rank per stage':>22} {'feature scale':>22} "
           f"{'attention entropy':>22} {'s':>6}",
           flush=True)  # fmt: skip
@@ -290,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         step = "" if job["step"] is None else str(job["step"])
         print(f"{job['label']:<24} {step:>7} {100 * row['semantic']['miou']:9.1f} "
               f"{100 * row['semantic']['furniture_miou']:9.1f} "
+              f"{100 * row['semantic_token']['miou']:9.1f} "
+              f"{100 * row['semantic_token']['furniture_miou']:9.1f} "
               f"{100 * row['objects']['accuracy']:8.1f} {row['objects']['size_r2']:8.3f} "
               f"{' / '.join(f'{r:.1f}' for r in row['effective_rank']):>22} "
               f"{' / '.join(f'{r:.2f}' for r in row['feature_scale']):>22} "

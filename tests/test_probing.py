@@ -180,11 +180,15 @@ def test_the_probes_find_a_planted_signal_and_not_noise(planted_store, planted):
     assert objects["test_boxes"] == 24 and objects["train_boxes"] == 24
     # one per map; the coarse map is 8 independent noise channels
     assert len(result["effective_rank"]) == 2 and result["effective_rank"][1] > 7.5
+    token = result["semantic_token"]
+    assert token["stride"] == 1 and token["classes_present"] == ["1", "4", "5", "6"]
     if planted:
         assert semantic["miou"] > 0.95 and semantic["furniture_miou"] > 0.95
+        assert token["miou"] > 0.95 and token["furniture_miou"] > 0.95
         assert objects["accuracy"] > 0.95 and objects["size_r2"] > 0.95
     else:  # four classes, three of them equally rare: chance is far below these
         assert semantic["furniture_miou"] < 0.25 and semantic["miou"] < 0.35
+        assert token["furniture_miou"] < 0.25 and token["miou"] < 0.35
         assert objects["balanced_accuracy"] < 0.6 and objects["size_r2"] < 0.3
 
 

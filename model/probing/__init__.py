@@ -3,7 +3,8 @@
 A feature source (:mod:`.sources`: a checkpoint's frozen encoder stages, the same architecture
 untrained, the voxel's own colour, its position alone) is read at fixed voxels of labelled rooms
 (:mod:`.rooms`, :mod:`.interpolation`) by two linear probes (:mod:`.linear`): the class of a voxel
-(:mod:`.semantic`) and the class and size of an object from features pooled over its box
+(:mod:`.semantic`; and from its token, one map per position in the token's patch:
+:mod:`.tokens`) and the class and size of an object from features pooled over its box
 (:mod:`.objects`); :func:`probe_source` runs both (:mod:`.probe`).
 ``benchmarks/bench_probe.py`` traces them over a pretraining run's checkpoints.
 """

@@ -42,13 +42,15 @@ class Classifier:
         return self.classes[self.map(x).argmax(1)]
 
 
-def _moments(x: Tensor) -> tuple[Tensor, Tensor]:
+def standardising_moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per column of ``x`` ``(n, C)``: mean and the scale to divide by (its standard deviation;
+    1 for a constant column)."""
     mean = x.mean(0)
     std = x.std(0, unbiased=False)
     return mean, torch.where(std > 1e-6 * (1 + mean.abs()), std, torch.ones_like(std))
 
 
-def _fold(weight: Tensor, bias: Tensor, mean: Tensor, scale: Tensor) -> LinearMap:
+def fold_standardising(weight: Tensor, bias: Tensor, mean: Tensor, scale: Tensor) -> LinearMap:
     """The map ``x -> ((x - mean) / scale) @ weight.T + bias`` written on raw ``x``."""
     weight = weight / scale
     return LinearMap(weight.float(), (bias - weight @ mean).float())
@@ -61,14 +63,23 @@ def balanced_accuracy(predicted: Tensor, target: Tensor) -> float:
     return float(torch.stack(recalls).mean()) if recalls else math.nan
 
 
-def _logistic(
-    xs: Tensor, target: Tensor, classes: int, l2: float, max_iter: int, start: Tensor | None
+def logistic_params(
+    xs: Tensor,
+    target: Tensor,
+    classes: int,
+    l2: float,
+    max_iter: int,
+    start: Tensor | None,
+    weight: Tensor | None = None,
 ) -> Tensor:
-    """``(K, C + 1)`` weights and bias minimising the mean cross-entropy of ``target`` plus
-    ``l2 / 2 * ||W||^2`` (bias free) on standardised ``xs``: full-batch L-BFGS (strong Wolfe
-    line search), at most ``max_iter`` iterations, from ``start`` (zeros when ``None``)."""
+    """``(K, C + 1)`` weights and bias minimising the mean cross-entropy of ``target`` (indices
+    ``< classes``; a class without rows is allowed) plus ``l2 / 2 * ||W||^2`` (bias free) on
+    standardised ``xs``: full-batch L-BFGS (strong Wolfe line search), at most ``max_iter``
+    iterations, from ``start`` (zeros when ``None``). ``weight`` ``(n,)``: the mean is
+    weighted by it (a row of weight 2 counts as that row twice)."""
     params = torch.zeros(classes, xs.shape[1] + 1) if start is None else start.clone()
     params.requires_grad_(True)
+    row_weight = None if weight is None else weight.to(xs.dtype)
     if classes > 1:  # one class: nothing to tell apart, the zero map predicts it
         optimiser = torch.optim.LBFGS([params], lr=1.0, max_iter=max_iter, history_size=20,
                                       tolerance_grad=1e-6, tolerance_change=1e-9,
@@ -76,15 +87,25 @@ def _logistic(
 
         def closure() -> Tensor:
             optimiser.zero_grad()
-            weight, bias = params[:, :-1], params[:, -1]
-            loss = F.cross_entropy(xs @ weight.T + bias, target)
-            loss = loss + 0.5 * l2 * weight.square().sum()
+            coef, bias = params[:, :-1], params[:, -1]
+            if row_weight is None:
+                loss = F.cross_entropy(xs @ coef.T + bias, target)
+            else:
+                each = F.cross_entropy(xs @ coef.T + bias, target, reduction="none")
+                loss = (each * row_weight).sum() / row_weight.sum()
+            loss = loss + 0.5 * l2 * coef.square().sum()
             loss.backward()
             return loss
 
         with torch.enable_grad():
             optimiser.step(closure)
     return params.detach()
+
+
+def held_out_rows(groups: Tensor) -> Tensor:
+    """``(n,)`` bool: the rows of every 4th of the distinct ``groups`` ``(n,)``, counted from
+    the last, on which a regularisation strength is chosen."""
+    return torch.isin(groups, groups.unique().flip(0)[::4])
 
 
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
@@ -119,22 +140,23 @@ def fit_logistic(
                          f"{len(groups)} groups")  # fmt: skip
     score = score or (lambda predicted, rows: balanced_accuracy(predicted, y[rows]))
     x = x.float()
-    mean, scale = _moments(x)
+    mean, scale = standardising_moments(x)
     xs = (x - mean) / scale
     classes, target = y.unique(return_inverse=True)
     ordered = sorted(strengths, reverse=True)
-    held = torch.isin(groups, groups.unique().flip(0)[::4])
+    held = held_out_rows(groups)
     chosen, start = ordered[0], None
     if len(ordered) > 1 and not held.all():
         rows, best = held.nonzero()[:, 0], None
         for l2 in ordered:
-            start = _logistic(xs[~held], target[~held], len(classes), l2, max_iter, start)
+            start = logistic_params(xs[~held], target[~held], len(classes), l2, max_iter, start)
             value = score(classes[(xs[rows] @ start[:, :-1].T + start[:, -1]).argmax(1)], rows)
             if best is None or value > best[0]:
                 best = (value, l2, start)
         _, chosen, start = best
-    params = _logistic(xs, target, len(classes), chosen, max_iter, start)
-    return Classifier(_fold(params[:, :-1], params[:, -1], mean, scale), classes), chosen
+    params = logistic_params(xs, target, len(classes), chosen, max_iter, start)
+    folded = fold_standardising(params[:, :-1], params[:, -1], mean, scale)
+    return Classifier(folded, classes), chosen
 
 
 RIDGE_GRID = tuple(10.0**e for e in range(-3, 4))
@@ -157,7 +179,7 @@ def fit_ridge(
         raise ValueError(f"fit_ridge: needs >= 3 rows, got {len(x)} features, {len(y)} targets")
     x, y = x.double(), y.double()
     n = len(x)
-    mean, scale = _moments(x)
+    mean, scale = standardising_moments(x)
     y_mean = y.mean(0)
     u, s, vt = torch.linalg.svd((x - mean) / scale, full_matrices=False)
     uty = u.T @ (y - y_mean)  # (r, T)
@@ -171,4 +193,4 @@ def fit_ridge(
             best = (loo, lam)
     lam = best[1]
     coef = vt.T @ ((s / (s.square() + n * lam))[:, None] * uty)  # (C, T)
-    return _fold(coef.T, y_mean, mean, scale), lam
+    return fold_standardising(coef.T, y_mean, mean, scale), lam

@@ -24,6 +24,13 @@ from model.probing.rank import FeatureMoments
 from model.probing.rooms import ProbeRooms
 from model.probing.semantic import room_confusion, sample_miou, semantic_scores, training_rows
 from model.probing.sources import EncoderSource, FeatureSource
+from model.probing.tokens import (
+    class_balanced_weights,
+    finest_stride,
+    fit_token_logistic,
+    room_token_confusion,
+    room_token_rows,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +95,8 @@ def probe_source(
     Returns ``{"source", "effective_rank" and "feature_scale": one per map (over every cell of
     the training rooms, :mod:`.rank`), "attention_entropy": one per stage of an encoder source
     (over its first batch of training rooms, :mod:`.attention`; None for other sources),
-    "semantic": semantic_scores(...) + train_voxels,
+    "semantic": semantic_scores(...) + train_voxels, "semantic_token": the same for the token
+    probe (:mod:`.tokens`) + its stride,
     "objects": object_scores(...) + train_boxes, ridge_strength, "seconds": {train, fit, test,
     total}}`` (JSON-ready).
     """
@@ -96,6 +104,8 @@ def probe_source(
     names = _check_rooms(source, train, test)
     started = time.perf_counter()
     point_x, point_y, box_x = [], [], []
+    token_x, token_y, token_offsets = [], [], []
+    stride = None
     moments: list[FeatureMoments] = []
     for r, maps in room_maps(source, train, config.batch_size):
         moments = moments or [FeatureMoments() for _ in maps]
@@ -105,6 +115,13 @@ def probe_source(
         point_x.append(x)
         point_y.append(y)
         box_x.append(pooled_boxes(maps, train, r))
+        stride = finest_stride(maps, train.size)
+        x, y, offsets = room_token_rows(maps, train, r)
+        token_x.append(x)
+        token_y.append(y)
+        token_offsets.append(offsets)
+    token_room = _room_of_rows(token_y)
+    token_x, token_y, token_offsets = (torch.cat(t) for t in (token_x, token_y, token_offsets))
     point_room = _room_of_rows(point_y)
     box_room = _room_of_rows(train.box_labels)
     point_x, point_y, box_x = torch.cat(point_x), torch.cat(point_y), torch.cat(box_x)
@@ -122,12 +139,19 @@ def probe_source(
     classifier, object_l2 = fit_logistic(box_x, box_y, box_room, config.strengths,
                                          config.max_iter)  # fmt: skip
     size_map, strength = fit_ridge(box_x, box_size, config.ridge_strengths)
+    dense = sample_miou(token_y, torch.ones(len(token_y), dtype=torch.float64), len(names))
+    token, token_l2 = fit_token_logistic(token_x, token_y, token_offsets, token_room, stride,
+                                         config.strengths, config.max_iter, dense,
+                                         class_balanced_weights(token_y))  # fmt: skip
+    del token_x
     fitted = time.perf_counter()
 
     confusion = torch.zeros(len(names), len(names), dtype=torch.int64)
+    token_confusion = torch.zeros_like(confusion)
     test_x = []
     for r, maps in room_maps(source, test, config.batch_size):
         confusion += room_confusion(maps, semantic, test, r, len(names))
+        token_confusion += room_token_confusion(maps, token, test, r, len(names))
         test_x.append(pooled_boxes(maps, test, r))
     objects = object_scores(classifier, size_map, torch.cat(test_x), torch.cat(test.box_labels),
                             torch.cat(test.boxes), box_y)  # fmt: skip
@@ -143,6 +167,12 @@ def probe_source(
             **semantic_scores(confusion, names, config.furniture_classes),
             "train_voxels": len(point_y),
             "l2": semantic_l2,
+        },
+        "semantic_token": {
+            **semantic_scores(token_confusion, names, config.furniture_classes),
+            "train_voxels": len(token_y),
+            "l2": token_l2,
+            "stride": stride,
         },
         "objects": {
             **objects,
