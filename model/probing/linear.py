@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -102,18 +103,48 @@ def logistic_params(
     return params.detach()
 
 
+Scorer = Callable[[Tensor, Tensor], float]
+"""``score(predicted labels (m,), indices of the m held-out rows)``: higher is better."""
+
+
 def held_out_rows(groups: Tensor) -> Tensor:
     """``(n,)`` bool: the rows of every 4th of the distinct ``groups`` ``(n,)``, counted from
     the last, on which a regularisation strength is chosen."""
     return torch.isin(groups, groups.unique().flip(0)[::4])
 
 
+def choose_strength(
+    strengths: Sequence[float],
+    groups: Tensor,
+    start: Any,
+    fit: Callable[[Tensor, float, Any], Any],
+    predict: Callable[[Any, Tensor], Tensor],
+    score: Scorer,
+) -> tuple[float, Any]:
+    """The L2 strength of ``strengths`` whose fit on the rows outside :func:`held_out_rows`
+    scores best on the held-out rows (ties: the stronger), and that fit, to warm-start the
+    final one from.
+
+    Strengths are tried strongest first, each fit starting from the previous one (the first
+    from ``start``): ``fit(rows to fit (n,) bool, l2, start) -> params``,
+    ``predict(params, held-out row indices (m,)) -> labels (m,)``, ``score(labels, rows)``.
+    With one strength, or every row held out, there is nothing to choose: the strongest and
+    ``start`` come back unchanged."""
+    ordered = sorted(strengths, reverse=True)
+    held = held_out_rows(groups)
+    if len(ordered) == 1 or held.all():
+        return ordered[0], start
+    rows, best = held.nonzero()[:, 0], None
+    for l2 in ordered:
+        start = fit(~held, l2, start)
+        value = score(predict(start, rows), rows)
+        if best is None or value > best[0]:
+            best = (value, l2, start)
+    return best[1], best[2]
+
+
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
 """Regularisation strengths :func:`fit_logistic` chooses from."""
-
-
-Scorer = Callable[[Tensor, Tensor], float]
-"""``score(predicted labels (m,), indices of the m held-out rows)``: higher is better."""
 
 
 def fit_logistic(
@@ -143,17 +174,14 @@ def fit_logistic(
     mean, scale = standardising_moments(x)
     xs = (x - mean) / scale
     classes, target = y.unique(return_inverse=True)
-    ordered = sorted(strengths, reverse=True)
-    held = held_out_rows(groups)
-    chosen, start = ordered[0], None
-    if len(ordered) > 1 and not held.all():
-        rows, best = held.nonzero()[:, 0], None
-        for l2 in ordered:
-            start = logistic_params(xs[~held], target[~held], len(classes), l2, max_iter, start)
-            value = score(classes[(xs[rows] @ start[:, :-1].T + start[:, -1]).argmax(1)], rows)
-            if best is None or value > best[0]:
-                best = (value, l2, start)
-        _, chosen, start = best
+    chosen, start = choose_strength(
+        strengths, groups, None,
+        fit=lambda fitted, l2, start: logistic_params(xs[fitted], target[fitted], len(classes),
+                                                      l2, max_iter, start),
+        predict=lambda params, rows: classes[(xs[rows] @ params[:, :-1].T
+                                              + params[:, -1]).argmax(1)],
+        score=score,
+    )  # fmt: skip
     params = logistic_params(xs, target, len(classes), chosen, max_iter, start)
     folded = fold_standardising(params[:, :-1], params[:, -1], mean, scale)
     return Classifier(folded, classes), chosen

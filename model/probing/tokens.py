@@ -33,8 +33,8 @@ from model.probing.linear import (
     L2_GRID,
     Scorer,
     balanced_accuracy,
+    choose_strength,
     fold_standardising,
-    held_out_rows,
     logistic_params,
     standardising_moments,
 )
@@ -110,10 +110,11 @@ def fit_token_logistic(
     per patch offset (``offsets`` ``(n,)`` in ``[0, stride^3)``), all on one standardisation
     and one L2 strength.
 
-    The strength is chosen as :func:`~model.probing.linear.fit_logistic` chooses it (held-out
-    ``groups``, strongest first, warm starts per offset), by ``score`` of the held-out rows'
-    predictions gathered over every offset. ``weight`` ``(n,)`` weighs the rows in each loss
-    (:func:`class_balanced_weights`). Every offset predicts among all labels present in ``y``.
+    The strength is chosen by :func:`~model.probing.linear.choose_strength`, as for
+    :func:`~model.probing.linear.fit_logistic` (warm starts per offset), by ``score`` of the
+    held-out rows' predictions gathered over every offset. ``weight`` ``(n,)`` weighs the rows
+    in each loss (:func:`class_balanced_weights`). Every offset predicts among all labels
+    present in ``y``.
     Returns the classifier and the chosen strength.
     """
     n = len(x)
@@ -142,21 +143,17 @@ def fit_token_logistic(
                                           start, weight[mine]))  # fmt: skip
         return fitted
 
-    ordered = sorted(strengths, reverse=True)
-    held = held_out_rows(groups)
-    chosen, starts = ordered[0], [zeros] * count
-    if len(ordered) > 1 and not held.all():
-        rows, best = held.nonzero()[:, 0], None
-        for l2 in ordered:
-            starts = fit(~held, l2, starts)
-            predicted = torch.zeros(n, dtype=torch.long)
-            for o, params in enumerate(starts):
-                mine = at[o][held[at[o]]]
-                predicted[mine] = (xs[mine] @ params[:, :-1].T + params[:, -1]).argmax(1)
-            value = score(classes[predicted[rows]], rows)
-            if best is None or value > best[0]:
-                best = (value, l2, starts)
-        _, chosen, starts = best
+    def predict(fitted: list[Tensor], rows: Tensor) -> Tensor:
+        """The labels of ``rows`` (indices), each by its offset's params."""
+        wanted = torch.zeros(n, dtype=torch.bool)
+        wanted[rows] = True
+        predicted = torch.zeros(n, dtype=torch.long)
+        for o, params in enumerate(fitted):
+            mine = at[o][wanted[at[o]]]
+            predicted[mine] = (xs[mine] @ params[:, :-1].T + params[:, -1]).argmax(1)
+        return classes[predicted[rows]]
+
+    chosen, starts = choose_strength(strengths, groups, [zeros] * count, fit, predict, score)
     maps = [fold_standardising(p[:, :-1], p[:, -1], mean, scale)
             for p in fit(torch.ones(n, dtype=torch.bool), chosen, starts)]  # fmt: skip
     weights = torch.stack([m.weight for m in maps])
@@ -180,8 +177,8 @@ def room_token_confusion(
 ) -> Tensor:
     """``(K, K)`` confusion ``[true, predicted]`` of the token probe over every labelled valid
     voxel of room ``room``."""
+    stride = finest_stride(maps, rooms.size)
+    if stride != probe.stride:
+        raise ValueError(f"maps of stride {stride}, a probe fitted at stride {probe.stride}")
     x, target, offsets = room_token_rows(maps, rooms, room)
-    if finest_stride(maps, rooms.size) != probe.stride:
-        raise ValueError(f"maps of stride {finest_stride(maps, rooms.size)}, a probe fitted at "
-                         f"stride {probe.stride}")  # fmt: skip
     return confusion_matrix(probe.predict(x, offsets), target, num_classes)
