@@ -10,6 +10,7 @@ import torch
 from einops import rearrange
 
 from model import MAEConfig, build_mae, list_presets
+from model.networks.mae import room_shell
 from model.networks.pos_embed import sincos_3d
 
 
@@ -332,3 +333,44 @@ def test_decorrelation_weight_adds_the_stages_penalty_to_the_loss():
     assert both.loss.item() == pytest.approx(out.loss.item() + 0.5 * expected.item(), rel=1e-5)
     with pytest.raises(ValueError, match="decorrelation_stages"):
         MAEConfig(resolution=32, decorrelation_stages=[5])
+
+
+def test_room_shell_finds_walls_and_floor_not_furniture():
+    occupied = torch.zeros(1, 8, 8, 8, dtype=torch.bool)
+    valid = torch.zeros(1, 8, 8, 8, dtype=torch.bool)
+    valid[:, :6, :6, :6] = True  # a 6^3 room padded to 8^3
+    occupied[:, :6, :6, 0] = True  # floor: the whole z = 0 slice of the room
+    occupied[:, 0, :6, :6] = True  # a wall: the whole x = 0 slice
+    occupied[:, 2:4, 2:4, 1:3] = True  # a 2^3 box standing on the floor
+    occupied[:, 7, 7, 7] = True  # padding: not valid, never shell
+    shell = room_shell(occupied, valid, fill=0.5)
+    expected = torch.zeros_like(shell)
+    expected[:, :6, :6, 0] = True
+    expected[:, 0, :6, :6] = True
+    assert torch.equal(shell, expected)
+    # the box's slices are at most 4 / 36 occupied besides the wall's row: a fill of
+    # 0.1 takes them for shell too
+    assert room_shell(occupied, valid, fill=0.1)[0, 2:4, 2:4, 1:3].all()
+
+
+def test_shell_object_empty_loss_weighs_three_parts_alike():
+    mae = build_mae("tiny", resolution=32, alpha_balance="shell_object_empty")
+    s = 32
+    rgba = torch.zeros(1, 4, s, s, s)
+    rgba[0, 3, :, :, 0] = 1.0  # floor
+    rgba[0, 3, 10:12, 10:12, 1:3] = 1.0  # an 8-voxel object
+    valid = torch.ones(1, s, s, s, dtype=torch.bool)
+    voxel_mask = torch.zeros(1, s, s, s, dtype=torch.bool)
+    voxel_mask[:, :16] = True  # masked: half the floor (512), the object, 16*32*32 - 520 empty
+    pred = torch.zeros(1, 4, s, s, s)  # sigmoid 0.5 everywhere: every voxel's error is 0.25
+    pred[0, 3, :, :, 0] = 20.0  # the floor predicted right
+    _, _, loss_alpha = mae.forward_loss(rgba, pred, valid, voxel_mask)
+    # shell 0 (to float precision), object 0.25, empty 0.25: averaged by thirds
+    assert loss_alpha.item() == pytest.approx((0.0 + 0.25 + 0.25) / 3, rel=1e-5)
+    plain = build_mae("tiny", resolution=32)
+    # unbalanced, the object is 8 of the 16 * 32 * 32 masked voxels
+    n = 16 * 32 * 32
+    assert plain.forward_loss(rgba, pred, valid, voxel_mask)[2].item() == pytest.approx(
+        (n - 512) * 0.25 / n, rel=1e-5)
+    with pytest.raises(ValueError, match="shell_fill"):
+        MAEConfig(resolution=32, shell_fill=0.0)

@@ -64,10 +64,18 @@ class MAEConfig:
     """How voxels weigh in the colour loss. "gate" (code): 1 for opaque voxels, normalised by their
     count. "alpha" (the paper's "opacity-aware" formula, unverified): the opaque voxels' squared
     error weighted by their ground-truth alpha, normalised by the sum of those alphas."""
-    alpha_balance: Literal["none", "occupied_empty"] = "none"
+    alpha_balance: Literal["none", "occupied_empty", "shell_object_empty"] = "none"
     """How masked voxels weigh in the alpha loss. "none" (code): all alike, so the ~85 % that
     are empty space dominate it. "occupied_empty": the mean over masked occupied voxels and
-    the mean over masked empty ones, averaged, so surfaces weigh as much as free space."""
+    the mean over masked empty ones, averaged, so surfaces weigh as much as free space.
+    "shell_object_empty": three means averaged, over masked voxels of the room's shell
+    (:func:`room_shell`: occupied voxels on an axis-aligned plane mostly occupied, i.e.
+    walls, floor, ceiling), over masked occupied voxels off it (the objects, ~3 % of masked
+    voxels, ~20 % of occupied ones), and over masked empty ones: no labels, and the
+    objects weigh as much as the shell that continues from its visible neighbours."""
+    shell_fill: float = 0.5
+    """Share of a slice's valid voxels that must be occupied for the slice to count as the
+    room's shell (``alpha_balance`` "shell_object_empty")."""
     alpha_target: Literal["alpha", "patch_normalised"] = "alpha"
     """What the alpha term reconstructs. "alpha" (code): each voxel's alpha, predicted as a
     logit. "patch_normalised": each patch's alpha standardised by the patch's own mean and
@@ -112,9 +120,11 @@ class MAEConfig:
         if self.rgb_weighting not in ("gate", "alpha"):
             raise ValueError(f"MAEConfig.rgb_weighting={self.rgb_weighting!r} is not one of "
                              "'gate', 'alpha'")
-        if self.alpha_balance not in ("none", "occupied_empty"):
+        if self.alpha_balance not in ("none", "occupied_empty", "shell_object_empty"):
             raise ValueError(f"MAEConfig.alpha_balance={self.alpha_balance!r} is not one of "
-                             "'none', 'occupied_empty'")
+                             "'none', 'occupied_empty', 'shell_object_empty'")
+        if not 0.0 < self.shell_fill <= 1.0:
+            raise ValueError(f"MAEConfig.shell_fill={self.shell_fill} is not in (0, 1]")
         if self.alpha_target not in ("alpha", "patch_normalised"):
             raise ValueError(f"MAEConfig.alpha_target={self.alpha_target!r} is not one of "
                              "'alpha', 'patch_normalised'")
@@ -250,6 +260,10 @@ class NeRFMAE(EncoderFront):
         if cfg.alpha_balance == "occupied_empty":
             parts = (region & occupied, region & ~occupied)
             loss_alpha = sum(_masked_mean(sq_alpha, part) for part in parts) / 2
+        elif cfg.alpha_balance == "shell_object_empty":
+            shell = room_shell(occupied, valid, cfg.shell_fill)
+            parts = (region & shell, region & occupied & ~shell, region & ~occupied)
+            loss_alpha = sum(_masked_mean(sq_alpha, part) for part in parts) / 3
         else:
             loss_alpha = _masked_mean(sq_alpha, region)
         return rgb_weight * loss_rgb + loss_alpha, loss_rgb, loss_alpha
@@ -338,6 +352,23 @@ def patch_moments(alpha: Tensor, patch: int) -> tuple[Tensor, Tensor]:
     moments = torch.stack([patches.mean(dim=-1), patches.var(dim=-1, unbiased=False)])
     return tuple(repeat(moments, "m b d h w -> m b (d p) (h q) (w r)", p=patch, q=patch,
                         r=patch))  # fmt: skip
+
+
+def room_shell(occupied: Tensor, valid: Tensor, fill: float = 0.5) -> Tensor:
+    """``(B, S, S, S)`` bool: the occupied voxels that lie on an axis-aligned slice whose
+    valid voxels are more than ``fill`` occupied: a room's walls, floor and ceiling, which
+    span their slice, where furniture fills a small part of any slice. Rooms stored
+    axis-aligned (Front3D's, the synthetic ones; the loader's augmentations turn by 90
+    degrees) keep their shell on such slices. ``occupied`` and ``valid`` ``(B, S, S, S)``."""
+    occupied = occupied & valid
+    shell = torch.zeros_like(occupied)
+    for axis in (1, 2, 3):
+        others = tuple(a for a in (1, 2, 3) if a != axis)
+        share = occupied.sum(others) / valid.sum(others).clamp_min(1)  # (B, S)
+        shape = [share.shape[0], 1, 1, 1]
+        shape[axis] = share.shape[1]
+        shell |= (share > fill).reshape(shape)
+    return shell & occupied
 
 
 def _masked_mean(values: Tensor, region: Tensor) -> Tensor:

@@ -69,7 +69,8 @@ class PretrainConfig(TrainingConfig):
         for name, help in (
             ("rgb_region", "where the colour loss applies: all_opaque | masked_opaque"),
             ("rgb_weighting", "colour loss voxel weights: gate | alpha"),
-            ("alpha_balance", "alpha loss over masked voxels: none | occupied_empty"),
+            ("alpha_balance", "alpha loss over masked voxels: none | occupied_empty | "
+                              "shell_object_empty"),
             ("alpha_target", "what the alpha loss reconstructs: alpha | patch_normalised"),
             ("head", "prediction head: voxel (UNETR's full-resolution block) | token (a linear "
                      "map per token) | bottleneck (the deepest stage alone, then the linear map)"),
@@ -86,9 +87,11 @@ class PretrainConfig(TrainingConfig):
     ``structure_first_balanced`` (and alpha balanced between occupied and empty voxels),
     ``structure_first_decorrelated`` (the ramp and a penalty on the correlation of encoder
     stages 2-4), ``opacity_only_decorrelated`` (the penalty, no colour term: the default,
-    measured over the most rounds, BENCHMARKS.md), ``opacity_only_balanced_decorrelated`` and
-    ``opacity_only_normalised_decorrelated`` (each patch's alpha standardised; closest to
-    scratch at one labelled room, within the pairs' spread of the default)."""
+    measured over the most rounds, BENCHMARKS.md), ``opacity_only_balanced_decorrelated``,
+    ``opacity_only_objects_decorrelated`` (the alpha term balanced between the room's shell,
+    the objects off it and free space) and ``opacity_only_normalised_decorrelated`` (each
+    patch's alpha standardised; closest to scratch at one labelled room, within the pairs'
+    spread of the default)."""
     rgb_schedule: str | None = None
     """Colour weight schedule, ``constant``, ``cosine`` or ``off`` (``None``: the objective's)."""
     rgb_ramp: float | None = None
