@@ -9,8 +9,8 @@
 #       --pretrain-seconds SECONDS_EACH ...                  # here, on the CPU: fine-tuning
 #
 # Draws ROOMS (default 1536) class-independent pretraining rooms with the benchmark's seeds,
-# then pretrains four tiny MAEs at once (opacity_only_decorrelated, the default, and
-# paper, pretraining seeds 0 and 1; a tiny MAE keeps a fraction of one GPU busy), each for as
+# then pretrains four tiny MAEs at once (opacity_only_normalised_decorrelated, the default,
+# and paper, pretraining seeds 0 and 1; a tiny MAE keeps a fraction of one GPU busy), each for as
 # many steps as fit SECONDS_EACH (default 300), and packs each run for the trip back
 # (pack_pretraining.py).
 # While the rooms are drawn, bench_pretrain_gpu.py measures swin_s at 160^3 (issue 5's
@@ -39,7 +39,7 @@ wait $rooms || { tail -n 30 "$LOGS/rooms.log"; exit 1; }
 tail -n 2 "$LOGS/rooms.log"
 
 pids=()
-for objective in opacity_only_decorrelated paper; do
+for objective in opacity_only_normalised_decorrelated paper; do
     for seed in 0 1; do
         "$PY" benchmarks/bench_transfer.py "${COMMON[@]}" --stage pretrain \
             --objectives $objective --pretrain-seeds $seed --pretrain-device "$DEVICE" \

@@ -81,17 +81,19 @@ class PretrainConfig(TrainingConfig):
         "shuffle_targets",
     )  # fmt: skip
 
-    objective: str = "opacity_only_decorrelated"
+    objective: str = "opacity_only_normalised_decorrelated"
     """The pretraining objective (:data:`model.tasks.objectives.OBJECTIVES`): ``paper`` (the
     reference's loss), ``structure_first`` (colour weight ramped 0 -> 1 with a cosine),
     ``structure_first_balanced`` (and alpha balanced between occupied and empty voxels),
     ``structure_first_decorrelated`` (the ramp and a penalty on the correlation of encoder
-    stages 2-4), ``opacity_only_decorrelated`` (the penalty, no colour term: the default,
-    measured over the most rounds, BENCHMARKS.md), ``opacity_only_balanced_decorrelated``,
-    ``opacity_only_objects_decorrelated`` (the alpha term balanced between the room's shell,
-    the objects off it and free space) and ``opacity_only_normalised_decorrelated`` (each
-    patch's alpha standardised; closest to scratch at one labelled room, within the pairs'
-    spread of the default)."""
+    stages 2-4), ``opacity_only_decorrelated`` (the penalty, no colour term),
+    ``opacity_only_balanced_decorrelated``, ``opacity_only_objects_decorrelated`` (the alpha
+    term balanced between the room's shell, the objects off it and free space) and
+    ``opacity_only_normalised_decorrelated`` (each patch's alpha standardised, no colour
+    term, the penalty: the default, the best measured at one labelled room, BENCHMARKS.md:
+    −0.8 AP50 against scratch over 8 pairs where ``opacity_only_decorrelated`` gave −2.3
+    on the same pairs; no objective measured there beats scratch). Its validation alpha
+    error is mapped back with the truth's patch means, so it is optimistic."""
     rgb_schedule: str | None = None
     """Colour weight schedule, ``constant``, ``cosine`` or ``off`` (``None``: the objective's)."""
     rgb_ramp: float | None = None
