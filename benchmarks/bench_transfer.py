@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-part-size", type=float, default=0.12,
                    help="rooms' thinnest part (metres; 0: the original thin parts)")
     p.add_argument("--data-seed", type=int, default=0, help="draws every room set")
-    p.add_argument("--objectives", nargs="+", default=["opacity_only_normalised_decorrelated", "paper"],
+    p.add_argument("--objectives", nargs="+",
+                   default=["opacity_only_normalised_decorrelated", "paper"],
                    help="pretraining objectives (the first: the JSON summary's)")
     p.add_argument("--shuffled-control", action="store_true",
                    help="also pretrain on shuffled targets and fine-tune from it at the "
