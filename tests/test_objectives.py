@@ -45,6 +45,10 @@ def test_a_run_resolves_its_objective_from_the_name_and_the_overrides():
     normalised = PretrainConfig(store_url="s", out_dir="o",
                                 objective="opacity_only_normalised_decorrelated")
     assert normalised.resolved_objective().alpha_target == "patch_normalised"
+    objects = PretrainConfig(store_url="s", out_dir="o",
+                             objective="opacity_only_objects_decorrelated").resolved_objective()
+    assert objects.model_fields()["alpha_balance"] == "shell_object_empty"
+    assert objects.rgb_weight(0, 10) == objects.rgb_weight(9, 10) == 0.0
     from model.tasks.pretrain import MAETask
     from model.training.distributed import DistributedContext
 
